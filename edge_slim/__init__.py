@@ -1,0 +1,31 @@
+"""edge-slim: run the SlimPajama image+text model on edge devices, fully offline.
+
+    import edge_slim
+    s = edge_slim.load()                       # the shipped SlimPajama-Tiny, ONNX Runtime
+    s.ask("photo.png", "what color is the cube?").answer
+
+Importing this package loads only NumPy, Pillow and the chosen backend; never torch or tvm.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+PRECISIONS = {"fp32": "slimpajama-tiny", "int8": "slimpajama-tiny-int8"}
+
+
+def load(path=None, backend: str = "auto", threads: int | None = None, precision: str | None = None):
+    """Open a model bundle (default: the shipped SlimPajama-Tiny) and return a Session.
+
+    `precision` picks a shipped variant ("fp32" or "int8") when `path` is not given.
+    """
+    from .errors import ModelError
+    from .runtime.bundle import default_model_dir, open_bundle
+    from .runtime.session import Session
+    if path is None and precision not in (None, "fp32"):
+        if precision not in PRECISIONS:
+            raise ModelError(f"unknown precision {precision!r}; shipped: {', '.join(PRECISIONS)}")
+        path = default_model_dir().parent / PRECISIONS[precision]
+    return Session(open_bundle(path), backend=backend, threads=threads)
+
+
+__all__ = ["load", "__version__"]

@@ -1,0 +1,119 @@
+"""Training data: generated scenes rendered once into an in-memory cache, tasks pre-tokenized.
+
+Rendering is done ahead in worker processes so the training step never waits on
+Pillow; each scene carries several questions, referring expressions and true/false
+captions, and every step draws fresh combinations from them.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..scenes import generate as G
+from ..scenes.grammar import ANSWERS, COLORS, FAMILIES, SHAPES, SIZES
+from ..scenes.render import render
+from ..text.tokenizer import Tokenizer
+from ..vision.preprocess import IMAGE_SIZE, load_image
+
+FAMILY_WEIGHTS = {"color": 1.0, "shape": 1.0, "size": 0.7, "count": 1.6, "exists": 1.0, "spatial": 1.6}
+NQ, NR, NC = 12, 3, 3  # questions, referring expressions, captions (true and false each) per scene
+
+
+@dataclass
+class Cache:
+    images: np.ndarray    # uint8 [N,96,96,3]
+    q_tok: np.ndarray     # int64 [N,NQ,L]
+    q_ans: np.ndarray     # int64 [N,NQ]
+    q_fam: np.ndarray     # int64 [N,NQ]
+    r_tok: np.ndarray     # int64 [N,NR,L]
+    r_box: np.ndarray     # float32 [N,NR,4] in [0,1]
+    r_cell: np.ndarray    # int64 [N,NR]
+    c_true: np.ndarray    # int64 [N,NC,L]
+    c_false: np.ndarray   # int64 [N,NC,L]
+    cells: np.ndarray     # int64 [N,36,3] (color+1, shape+1, size+1), 0 = no object centre
+    cell_box: np.ndarray  # float32 [N,36,4]
+
+    def __len__(self):
+        return len(self.images)
+
+
+def cell_of(o: dict, grid: int = G.GRID) -> int:
+    return int(o["y"] // G.CELL) * grid + int(o["x"] // G.CELL)
+
+
+def make_tokenizer(max_len: int) -> Tokenizer:
+    from ..scenes.grammar import SYNONYMS, vocabulary
+    return Tokenizer(vocabulary(), max_len, SYNONYMS)
+
+
+def _scene_arrays(seed: int, i: int, tok: Tokenizer) -> dict:
+    scene = G.sample_scene(seed, i)
+    rng = np.random.default_rng([seed, i, 7])
+    hi_res = rng.random() < 0.3  # some scenes rendered at 2x and resized, as user images are
+    img = render(scene, 2 * IMAGE_SIZE if hi_res else IMAGE_SIZE)
+    if hi_res:
+        img = load_image(img).resize((IMAGE_SIZE, IMAGE_SIZE), resample=2)  # Image.BILINEAR, as preprocess does
+    fams = list(FAMILY_WEIGHTS)
+    w = np.array([FAMILY_WEIGHTS[f] for f in fams]); w /= w.sum()
+    qs = []
+    while len(qs) < NQ:
+        q = G.question(scene, fams[rng.choice(len(fams), p=w)], rng)
+        if q is not None:
+            qs.append(q)
+    refs = [G.referring(scene, rng) for _ in range(NR)]
+    trues = [G.true_caption(scene, rng) for _ in range(NC)]
+    falses = []
+    while len(falses) < NC:
+        f = G.false_caption(scene, rng, base=trues[len(falses)] if rng.random() < 0.5 else None)
+        if f is not None:
+            falses.append(f)
+    cells = np.zeros((36, 3), np.int64)
+    cell_box = np.zeros((36, 4), np.float32)
+    for o in scene["objects"]:
+        c = cell_of(o)
+        cells[c] = (list(COLORS).index(o["color"]) + 1, SHAPES.index(o["shape"]) + 1, SIZES.index(o["size"]) + 1)
+        cell_box[c] = np.array(o["box"]) / 96.0
+    return dict(
+        images=np.asarray(img, np.uint8),
+        q_tok=np.stack([tok.encode(q["text"], "ask") for q in qs]),
+        q_ans=np.array([ANSWERS.index(q["answer"]) for q in qs]),
+        q_fam=np.array([FAMILIES.index(q["family"]) for q in qs]),
+        r_tok=np.stack([tok.encode(r["text"], "locate") for r in refs]),
+        r_box=np.array([r["box"] for r in refs], np.float32) / 96.0,
+        r_cell=np.array([cell_of(scene["objects"][r["target"]]) for r in refs]),
+        c_true=np.stack([tok.encode(c["text"], "match") for c in trues]),
+        c_false=np.stack([tok.encode(c["text"], "match") for c in falses]),
+        cells=cells, cell_box=cell_box)
+
+
+def _chunk(args):
+    seed, start, stop, max_len = args
+    tok = make_tokenizer(max_len)
+    rows = [_scene_arrays(seed, i, tok) for i in range(start, stop)]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def build_cache(n: int, seed: int = 0, max_len: int = 16, workers: int = 2, progress=None) -> Cache:
+    step = 500
+    jobs = [(seed, s, min(n, s + step), max_len) for s in range(0, n, step)]
+    parts = []
+    with mp.get_context("fork").Pool(workers) as pool:
+        for part in pool.imap(_chunk, jobs):
+            parts.append(part)
+            if progress:
+                progress(len(part["images"]))
+    return Cache(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+
+
+def save_cache(cache: Cache, path) -> None:
+    import os
+    tmp = str(path) + ".tmp.npz"
+    np.savez(tmp, **cache.__dict__)
+    os.replace(tmp, path)
+
+
+def load_cache(path) -> Cache:
+    with np.load(path) as z:
+        return Cache(**{k: z[k] for k in z.files})

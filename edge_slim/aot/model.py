@@ -1,0 +1,219 @@
+"""SlimPajama: a compact image+text transformer with VQA, matching and locating heads.
+
+    image [B,3,96,96] -> CNN stem (4 stride-2 convs) -> 6x6 patch tokens -> image encoder
+    tokens [B,L] (task token first) -> embeddings + positions -> text encoder
+    fusion: text tokens cross-attend to image tokens, then self-attention over
+            [text ; image] -> heads read the task token (position 0)
+    heads:  answer logits (VQA), match logit (image-text matching, cross-encoder),
+            box (pointer over image tokens + per-token box), contrastive embeddings.
+
+Attention is written out (matmul + softmax) rather than with nn.MultiheadAttention so
+that the ONNX graph is plain MatMul/Softmax that every backend here can run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NEG = -1e4  # additive mask value; finite so fp16 and int8 graphs stay well defined
+
+
+@dataclass
+class Config:
+    name: str = "slimpajama-tiny"
+    image_size: int = 96
+    grid: int = 6               # image tokens per side (image_size / 16)
+    stem: tuple = (32, 64, 96)  # channels of the first three convs; the fourth gives dim
+    dim: int = 128
+    heads: int = 4
+    mlp_ratio: int = 4
+    image_layers: int = 2
+    text_layers: int = 2
+    cross_layers: int = 2
+    fusion_layers: int = 1
+    max_tokens: int = 16
+    vocab_size: int = 44
+    num_answers: int = 24
+    embed_dim: int = 64
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stem"] = list(self.stem)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        d = dict(d)
+        d["stem"] = tuple(d["stem"])
+        return cls(**d)
+
+
+SIZES = {
+    "tiny": dict(name="slimpajama-tiny"),
+    "small": dict(name="slimpajama-small", stem=(32, 64, 128), dim=192, heads=6,
+                  image_layers=3, text_layers=3, cross_layers=2, fusion_layers=2),
+}
+
+
+def config_for(size: str, **overrides) -> Config:
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    return Config(**{**SIZES[size], **overrides})
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.h, self.dh = heads, dim // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x, ctx, bias=None):
+        B, T, C = x.shape
+        Bc, S = ctx.shape[0], ctx.shape[1]
+        q = self.q(x).view(B, T, self.h, self.dh).transpose(1, 2)     # [B,h,T,dh]
+        k = self.k(ctx).view(Bc, S, self.h, self.dh).transpose(1, 2)  # [Bc,h,S,dh]
+        v = self.v(ctx).view(Bc, S, self.h, self.dh).transpose(1, 2)
+        if Bc != B:  # training: several texts per image; project each image once, then repeat
+            k, v = k.repeat(B // Bc, 1, 1, 1), v.repeat(B // Bc, 1, 1, 1)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.dh))  # [B,h,T,S]
+        if bias is not None:
+            att = att + bias  # [B,1,1,S] key-padding bias
+        y = att.softmax(-1) @ v                                     # [B,h,T,dh]
+        return self.o(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, ratio: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, dim * ratio), nn.Linear(dim * ratio, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block; with `cross=True` the attention reads another sequence."""
+
+    def __init__(self, dim: int, heads: int, ratio: int, cross: bool = False):
+        super().__init__()
+        self.cross = cross
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.lnc = nn.LayerNorm(dim) if cross else None
+        self.attn, self.mlp = Attention(dim, heads), MLP(dim, ratio)
+
+    def forward(self, x, ctx=None, bias=None):
+        h = self.ln1(x)
+        x = x + self.attn(h, self.lnc(ctx) if self.cross else h, bias)
+        return x + self.mlp(self.ln2(x))
+
+
+class SlimPajama(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        c, d = cfg.stem, cfg.dim
+        chans = (3, *c, d)
+        layers = []
+        for i in range(4):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1), nn.BatchNorm2d(chans[i + 1]), nn.GELU()]
+        self.stem = nn.Sequential(*layers[:-1])  # last conv output feeds the token projection unactivated
+        n_img = cfg.grid * cfg.grid
+        self.img_pos = nn.Parameter(torch.randn(1, n_img, d) * 0.02)
+        self.img_blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.image_layers))
+        self.img_ln = nn.LayerNorm(d)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.txt_pos = nn.Parameter(torch.randn(1, cfg.max_tokens, d) * 0.02)
+        self.txt_blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.text_layers))
+        self.txt_ln = nn.LayerNorm(d)
+        self.cross_blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, cross=True) for _ in range(cfg.cross_layers))
+        self.fusion_blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.fusion_layers))
+        self.out_ln = nn.LayerNorm(d)
+        self.answer_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.num_answers))
+        self.match_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        self.loc_q, self.loc_k = nn.Linear(d, d), nn.Linear(d, d)
+        self.box_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 4))
+        self.img_proj, self.txt_proj = nn.Linear(d, cfg.embed_dim), nn.Linear(d, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        # per-cell grid offsets used to turn per-token box predictions into image boxes
+        g = torch.arange(cfg.grid, dtype=torch.float32)
+        gy, gx = torch.meshgrid(g, g, indexing="ij")
+        self.register_buffer("cell_xy", torch.stack([gx.flatten(), gy.flatten()], -1), persistent=False)  # [N,2]
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    # -- towers ------------------------------------------------------------------------------
+    def encode_image(self, image):
+        x = self.stem(image)                          # [B,d,6,6]
+        x = x.flatten(2).transpose(1, 2) + self.img_pos  # [B,36,d]
+        for b in self.img_blocks:
+            x = b(x)
+        return self.img_ln(x)
+
+    def encode_text(self, tokens):
+        valid = (tokens != 0).float()                 # [B,L]
+        bias = ((1.0 - valid) * NEG)[:, None, None, :]  # [B,1,1,L]
+        x = self.tok_emb(tokens) + self.txt_pos
+        for b in self.txt_blocks:
+            x = b(x, bias=bias)
+        return self.txt_ln(x), valid, bias
+
+    def fuse(self, img, txt, bias):
+        """Text tokens cross-attend to the image, then self-attend over the fused text sequence.
+
+        `img` may hold fewer rows than `txt` (training: several texts per image, repeated in order).
+        """
+        x = txt
+        for b in self.cross_blocks:
+            x = b(x, img)                             # [B,L,d] text queries over image tokens
+        for b in self.fusion_blocks:
+            x = b(x, bias=bias)                       # [B,L,d] self-attention over the fused sequence
+        return self.out_ln(x)[:, 0]                   # the task token [B,d]
+
+    # -- heads -------------------------------------------------------------------------------
+    def boxes(self, img_tokens):
+        """Per-token boxes [B,N,4] (x0,y0,x1,y1 in [0,1]): centre inside its cell, size up to half the image."""
+        raw = self.box_head(img_tokens)
+        c = (self.cell_xy + torch.sigmoid(raw[..., :2])) / self.cfg.grid
+        wh = torch.sigmoid(raw[..., 2:]) * 0.5
+        return torch.cat([c - wh / 2, c + wh / 2], -1)
+
+    def heads(self, img, txt, valid, bias):
+        """All heads. `img` [Bi,N,d] may have fewer rows than the texts (see fuse); the
+        image-only outputs (token_boxes, image_embed) keep Bi rows."""
+        cls = self.fuse(img, txt, bias)
+        B, Bi = cls.shape[0], img.shape[0]
+        k = self.loc_k(img)                                                    # [Bi,N,d]
+        if B != Bi:
+            k = k.repeat(B // Bi, 1, 1)                                        # [B,N,d]
+        q = self.loc_q(cls)[:, None, :]                                        # [B,1,d]
+        loc_logits = (q @ k.transpose(1, 2))[:, 0] / math.sqrt(self.cfg.dim)  # [B,N] pointer over image tokens
+        img_emb = F.normalize(self.img_proj(img.mean(1)), dim=-1)
+        txt_emb = F.normalize(self.txt_proj((txt * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)), dim=-1)
+        return {"answer_logits": self.answer_head(cls), "match_logit": self.match_head(cls)[:, 0],
+                "loc_logits": loc_logits, "token_boxes": self.boxes(img),
+                "image_embed": img_emb, "text_embed": txt_emb}
+
+    def forward(self, image, tokens):
+        """The exported graph: one image and one text in, every head's output out."""
+        img = self.encode_image(image)
+        txt, valid, bias = self.encode_text(tokens)
+        o = self.heads(img, txt, valid, bias)
+        p = o["loc_logits"].softmax(-1)               # [B,N]
+        box = (p[..., None] * o["token_boxes"]).sum(1)  # [B,4] expected box under the pointer
+        return (o["answer_logits"], o["match_logit"], box, p.max(-1).values,
+                o["image_embed"], o["text_embed"])
+
+
+OUTPUT_NAMES = ("answer_logits", "match_logit", "box", "box_score", "image_embed", "text_embed")
+INPUT_NAMES = ("image", "tokens")

@@ -1,0 +1,208 @@
+"""Joint training of SlimPajama's three heads on generated scenes.
+
+Each step encodes B images once and runs five texts per image through fusion:
+two questions, one referring expression, one true and one false caption. Losses:
+VQA cross-entropy, image-text matching (binary), locating (pointer cross-entropy +
+L1 box), CLIP-style contrastive loss on pooled embeddings, and an auxiliary
+per-cell attribute loss on the image tokens that teaches the image tower what is
+where (train-only; not exported).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..scenes.grammar import ANSWERS, COLORS, SHAPES, SIZES, vocabulary
+from ..vision.preprocess import MEAN, STD
+from . import data as D
+from .model import Config, SlimPajama, config_for
+
+
+@dataclass
+class TrainArgs:
+    size: str = "tiny"
+    steps: int = 20000
+    batch: int = 48
+    lr: float = 2e-3
+    warmup: int = 400
+    weight_decay: float = 0.05
+    scenes: int = 100000
+    seed: int = 0
+    out: str = "runs/tiny"
+    cache_dir: str = str(Path.home() / ".cache" / "edge-slim")
+    ckpt_every: int = 500
+    eval_every: int = 2000
+    eval_samples: int = 300
+    threads: int = 0
+    minutes: float = 0.0  # if set, the schedule runs on wall-clock time and training stops at the budget
+    overrides: dict = field(default_factory=dict)
+
+
+class AuxHead(nn.Module):
+    """Per image token: colour, shape and size of the object centred in its cell (or none)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, (len(COLORS) + 1) + (len(SHAPES) + 1) + (len(SIZES) + 1))
+
+    def forward(self, img):
+        o = self.fc(img)
+        a, b = len(COLORS) + 1, len(SHAPES) + 1
+        return o[..., :a], o[..., a:a + b], o[..., a + b:]
+
+
+def to_tensor_images(u8: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(u8).float().mul_(1 / 255.0).sub_(MEAN).div_(STD)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def progress_of(step: int, elapsed_s: float, a: TrainArgs) -> float:
+    """Fraction of training done: by steps, or by wall-clock time when a.minutes is set
+    (a time budget keeps the cosine schedule whole on a machine whose speed varies)."""
+    p = step / max(1, a.steps)
+    return max(p, elapsed_s / (60 * a.minutes)) if a.minutes else p
+
+
+def lr_at(step: int, a: TrainArgs, p: float | None = None) -> float:
+    if step < a.warmup:
+        return a.lr * (step + 1) / a.warmup
+    p = (step - a.warmup) / max(1, a.steps - a.warmup) if p is None else p
+    return a.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def batch_losses(model: SlimPajama, aux: AuxHead, cache: D.Cache, idx: np.ndarray, rng: np.random.Generator):
+    B = len(idx)
+    ar = np.arange(B)
+    qs = rng.integers(D.NQ, size=(2, B))
+    r = rng.integers(D.NR, size=B)
+    ct, cf = rng.integers(D.NC, size=B), rng.integers(D.NC, size=B)
+    tokens = np.concatenate([cache.q_tok[idx, qs[0]], cache.q_tok[idx, qs[1]], cache.r_tok[idx, r],
+                             cache.c_true[idx, ct], cache.c_false[idx, cf]])
+    image = to_tensor_images(cache.images[idx])
+    img = model.encode_image(image)                             # [B,36,d]
+    txt, valid, bias = model.encode_text(torch.from_numpy(tokens))
+    o = model.heads(img, txt, valid, bias)              # texts ordered task-major: text t -> image t % B
+    ans = torch.from_numpy(np.concatenate([cache.q_ans[idx, qs[0]], cache.q_ans[idx, qs[1]]]))
+    L = {}
+    L["vqa"] = F.cross_entropy(o["answer_logits"][:2 * B], ans)
+    m = o["match_logit"][3 * B:]
+    L["match"] = F.binary_cross_entropy_with_logits(m, torch.cat([torch.ones(B), torch.zeros(B)]))
+    cell = torch.from_numpy(cache.r_cell[idx, r])
+    L["loc"] = F.cross_entropy(o["loc_logits"][2 * B:3 * B], cell)
+    boxes = o["token_boxes"]                                     # [B,36,4] (image-only)
+    has = torch.from_numpy(cache.cells[idx, :, 0] > 0)            # [B,36] cells holding an object
+    gt = torch.from_numpy(cache.cell_box[idx])
+    L["box"] = 10 * (boxes - gt).abs().sum(-1)[has].mean()
+    ie, te = o["image_embed"], o["text_embed"][3 * B:4 * B]
+    logits = model.logit_scale.exp().clamp(max=100) * ie @ te.t()
+    tgt = torch.arange(B)
+    L["clip"] = 0.5 * (F.cross_entropy(logits, tgt) + F.cross_entropy(logits.t(), tgt))
+    cells = torch.from_numpy(cache.cells[idx])                   # [B,36,3]
+    ac, ash, asz = aux(img)
+    L["aux"] = (F.cross_entropy(ac.flatten(0, 1), cells[..., 0].flatten())
+                + F.cross_entropy(ash.flatten(0, 1), cells[..., 1].flatten())
+                + F.cross_entropy(asz.flatten(0, 1), cells[..., 2].flatten())) / 3
+    return L
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(a: TrainArgs, log=print) -> Path:
+    """Train (or resume) into a.out; returns the path of the final checkpoint."""
+    torch.manual_seed(a.seed)
+    # Tiny gradients and Adam moments drift into denormal floats, which are many times slower
+    # on x86; flushing them to zero costs nothing in accuracy.
+    torch.set_flush_denormal(True)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config_for(a.size, vocab_size=len(vocabulary()), num_answers=len(ANSWERS), **a.overrides)
+    model, aux = SlimPajama(cfg), AuxHead(cfg.dim)
+    params = list(model.parameters()) + list(aux.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.98))
+    ckpt, step, elapsed = out / "last.pt", 0, 0.0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"]); aux.load_state_dict(st["aux"]); opt.load_state_dict(st["opt"])
+        step, elapsed = st["step"], st.get("elapsed_s", 0.0)
+        log(f"resumed from {ckpt} at step {step}")
+    cache = _get_cache(a, cfg, log)
+    rng = np.random.default_rng([a.seed, step])
+    (out / "args.json").write_text(json.dumps({**a.__dict__, "config": cfg.to_dict()}, indent=1))
+    from tqdm import tqdm
+    bar = tqdm(total=None if a.minutes else a.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
+    ema, t0 = None, time.time() - elapsed
+    model.train()
+    while progress_of(step, time.time() - t0, a) < 1.0:
+        lr = lr_at(step, a, progress_of(step, time.time() - t0, a) if a.minutes else None)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = rng.integers(len(cache), size=a.batch)
+        L = batch_losses(model, aux, cache, idx, rng)
+        loss = sum(L.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        cur = {k: float(v.detach()) for k, v in L.items()}
+        ema = cur if ema is None else {k: 0.98 * ema[k] + 0.02 * cur[k] for k in cur}
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(ema.values()):.3f}", vqa=f"{ema['vqa']:.3f}", refresh=False)
+        if step % 100 == 0:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "lr": lr, "time_s": round(time.time() - t0, 1),
+                                    **{k: round(v, 4) for k, v in ema.items()}}) + "\n")
+        done = progress_of(step, time.time() - t0, a) >= 1.0
+        if step % a.ckpt_every == 0 or done:
+            _atomic_save({"model": model.state_dict(), "aux": aux.state_dict(), "opt": opt.state_dict(),
+                          "step": step, "elapsed_s": time.time() - t0, "config": cfg.to_dict(),
+                          "args": a.__dict__}, ckpt)
+        if a.eval_every and (step % a.eval_every == 0 or done):
+            from .torch_eval import evaluate_torch
+            model.eval()
+            r = evaluate_torch(model, samples=a.eval_samples, seed=a.seed + 1)
+            model.train()
+            log(f"step {step}: " + json.dumps(r))
+            with open(out / "eval.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **r}) + "\n")
+    bar.close()
+    return ckpt
+
+
+def _get_cache(a: TrainArgs, cfg: Config, log) -> D.Cache:
+    path = Path(a.cache_dir) / f"scenes-s{a.seed}-n{a.scenes}-L{cfg.max_tokens}.npz"
+    if path.exists():
+        log(f"scene cache: {path}")
+        return D.load_cache(path)
+    from tqdm import tqdm
+    log(f"rendering {a.scenes} scenes into {path} (once)")
+    with tqdm(total=a.scenes, desc="render", dynamic_ncols=True) as bar:
+        cache = D.build_cache(a.scenes, seed=a.seed, max_len=cfg.max_tokens, progress=bar.update)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    D.save_cache(cache, path)
+    return cache
+
+
+def load_checkpoint(path) -> SlimPajama:
+    st = torch.load(path, weights_only=False, map_location="cpu")
+    model = SlimPajama(Config.from_dict(st["config"]))
+    model.load_state_dict(st["model"])
+    return model.eval()

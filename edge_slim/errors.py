@@ -1,0 +1,22 @@
+"""Errors users can act on. The CLI maps each class to an exit code and one line on stderr."""
+from __future__ import annotations
+
+
+class EdgeSlimError(Exception):
+    """Base class; `exit_code` is what the CLI exits with."""
+    exit_code = 1
+
+
+class BadInputError(EdgeSlimError, ValueError):
+    """The caller's input cannot be used (unreadable image, empty text, ...)."""
+    exit_code = 3
+
+
+class ModelError(EdgeSlimError):
+    """A model or artifact is missing, tampered with, or built for another target."""
+    exit_code = 4
+
+
+class MissingDependencyError(ModelError, ImportError):
+    """An optional dependency is needed; the message names the extra to install."""
+    exit_code = 4

@@ -1,0 +1,151 @@
+"""A loaded model: tokenizer + preprocessing + one backend, with the task methods users call.
+
+One Session can be shared between threads: it holds no per-call state, and every
+backend's `run` is thread-safe.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import BadInputError, ModelError
+from ..text.tokenizer import Tokenizer
+from ..vision.preprocess import ImageLike, load_image, normalize
+from .backends import available, backend_class
+from .bundle import Bundle
+
+
+@dataclass
+class Answer:
+    answer: str
+    score: float
+    top: list            # [[answer, probability], ...] best first
+    latency_ms: float
+    backend: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Match:
+    scores: list         # probability that each text describes the image
+    best: int
+    latency_ms: float
+    backend: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Location:
+    box: list            # [x0, y0, x1, y1] in pixels of the input image
+    score: float         # the pointer's confidence in the chosen image cell
+    latency_ms: float
+    backend: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def choose_backend(bundle: Bundle, backend: str) -> str:
+    if backend != "auto":
+        return backend
+    if bundle.manifest["format"] == "tvm":
+        return "tvm"
+    return "ort" if available("ort") else "numpy"
+
+
+class Session:
+    """Run SlimPajama tasks on images: ask, match, locate, embed_image, embed_text."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None):
+        m = bundle.manifest
+        if not m.get("tokenizer") or not m.get("answers"):
+            raise ModelError(f"{bundle.path} is not a SlimPajama bundle (no tokenizer/answers); "
+                             "use `edge-slim run` for bring-your-own models")
+        self.bundle = bundle
+        self.manifest = m
+        self.backend_name = choose_backend(bundle, backend)
+        self.backend = backend_class(self.backend_name)(bundle, threads=threads)
+        t = m["tokenizer"]
+        self.tokenizer = Tokenizer(t["vocab"], t["max_len"], t.get("synonyms"))
+        self.answers = list(m["answers"])
+        self.size = int(m["preprocess"]["size"])
+        self._blank_image = np.zeros((1, 3, self.size, self.size), np.float32)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def prepare_image(self, image: ImageLike) -> tuple[np.ndarray, tuple[int, int]]:
+        """-> (model input [1,3,S,S], (width, height) of the decoded image)."""
+        img = load_image(image)
+        wh = img.size
+        if wh != (self.size, self.size):
+            img = img.resize((self.size, self.size), 2)  # PIL.Image.BILINEAR, as in training
+        return normalize(np.asarray(img))[None], wh
+
+    def _tokens(self, text: str, task: str) -> np.ndarray:
+        return self.tokenizer.encode(text, task)[None]
+
+    def _run(self, image: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        return self.backend.run({"image": image, "tokens": tokens})
+
+    # -- tasks -------------------------------------------------------------------------------
+    def ask(self, image: ImageLike, question: str | Sequence[str], top_k: int = 5):
+        """Answer a question (or a list of questions, decoding the image once) about an image."""
+        t0 = time.perf_counter()
+        x, _ = self.prepare_image(image)
+        many = not isinstance(question, str)
+        qs = list(question) if many else [question]
+        if not qs:
+            raise BadInputError("no question given")
+        toks = [self._tokens(q, "ask") for q in qs]
+        out = []
+        for tk in toks:
+            p = _softmax(self._run(x, tk)["answer_logits"][0].astype(np.float64))
+            order = np.argsort(-p)[:max(1, top_k)]
+            out.append(Answer(self.answers[order[0]], float(p[order[0]]),
+                              [[self.answers[i], round(float(p[i]), 6)] for i in order], 0.0, self.backend_name))
+        ms = (time.perf_counter() - t0) * 1000 / len(out)
+        for a in out:
+            a.latency_ms = round(ms, 3)
+        return out if many else out[0]
+
+    def match(self, image: ImageLike, texts: Sequence[str]) -> Match:
+        """Score how well each text describes the image; `best` is the index of the best one."""
+        t0 = time.perf_counter()
+        if isinstance(texts, str) or not texts:
+            raise BadInputError("match needs a list of one or more texts")
+        x, _ = self.prepare_image(image)
+        toks = [self._tokens(t, "match") for t in texts]
+        logits = np.array([float(self._run(x, tk)["match_logit"][0]) for tk in toks])
+        scores = 1.0 / (1.0 + np.exp(-logits))
+        return Match([round(float(s), 6) for s in scores], int(np.argmax(logits)),
+                     round((time.perf_counter() - t0) * 1000, 3), self.backend_name)
+
+    def locate(self, image: ImageLike, phrase: str) -> Location:
+        """Find the object a referring expression names ('the small red cube')."""
+        t0 = time.perf_counter()
+        x, (w, h) = self.prepare_image(image)
+        o = self._run(x, self._tokens(phrase, "locate"))
+        b = np.clip(o["box"][0].astype(np.float64), 0.0, 1.0) * [w, h, w, h]
+        return Location([round(float(v), 2) for v in b], round(float(o["box_score"][0]), 6),
+                        round((time.perf_counter() - t0) * 1000, 3), self.backend_name)
+
+    def embed_image(self, image: ImageLike) -> np.ndarray:
+        """Unit-norm image embedding (contrastively trained with embed_text) for retrieval."""
+        x, _ = self.prepare_image(image)
+        dummy = self._tokens("object", "match")
+        return self._run(x, dummy)["image_embed"][0].copy()
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """Unit-norm text embedding; cosine with embed_image ranks images for a text."""
+        return self._run(self._blank_image, self._tokens(text, "match"))["text_embed"][0].copy()

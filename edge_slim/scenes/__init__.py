@@ -1,0 +1,1 @@
+"""Seeded CLEVR-like scenes (NumPy + Pillow only): generation, rendering, evaluation."""

@@ -1,0 +1,47 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def shipped_dir() -> Path:
+    from edge_slim.runtime.bundle import default_model_dir
+    return default_model_dir()
+
+
+def cli(*args, input=None, check=None, env=None):
+    """Run the real CLI in a fresh process; returns CompletedProcess (text mode)."""
+    e = {**os.environ, **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "edge_slim", *map(str, args)], capture_output=True,
+                       input=input, env=e, timeout=600, text=input is None or isinstance(input, str))
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+def assert_clean_error(p, code):
+    """One line on stderr naming the problem; no traceback."""
+    err = p.stderr if isinstance(p.stderr, str) else p.stderr.decode()
+    assert p.returncode == code, (p.returncode, p.stdout, err)
+    assert "Traceback" not in err, err
+    assert err.strip(), "no message on stderr"
+
+
+@pytest.fixture(scope="session")
+def examples():
+    return json.loads((EXAMPLES / "questions.json").read_text())
+
+
+@pytest.fixture
+def bundle_copy(tmp_path):
+    """A private copy of the shipped bundle that a test may damage."""
+    dst = tmp_path / "bundle"
+    shutil.copytree(shipped_dir(), dst)
+    return dst
