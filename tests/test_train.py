@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edge_slim.aot.export import export_bundle, parity, to_onnx  # noqa: E402
+from edge_slim.aot.export import export_bundle  # noqa: E402
 from edge_slim.aot.model import SlimPajama, config_for  # noqa: E402
 from edge_slim.aot.train import TrainArgs, train  # noqa: E402
 from edge_slim.scenes.grammar import ANSWERS, vocabulary  # noqa: E402
@@ -70,4 +70,50 @@ def test_export_parity_and_contract(tmp_path):
         assert all(d.dim_value > 0 for d in i.type.tensor_type.shape.dim)
     man = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert man["config"]["dim"] == 128 and man["source_model_sha256"]
-    del to_onnx, parity
+
+
+def test_question_cells_are_the_generators_targets():
+    """The pointer's training targets, read back from cached tokens, name the generator's object."""
+    from edge_slim.aot import data as D
+    from edge_slim.aot.train import question_targets
+    from edge_slim.scenes import generate as G
+    make_tok = lambda: D.make_tokenizer(16)
+    cache = D.build_cache(60, seed=0, workers=1)
+    qt = question_targets(cache)
+    qc = qt["p1"]
+    checked = 0
+    for i in range(60):
+        scene = G.sample_scene(0, i)
+        rng = np.random.default_rng([0, i, 7])
+        rng.random()  # the render-size draw in data._scene_arrays
+        fams = list(D.FAMILY_WEIGHTS)
+        w = np.array([D.FAMILY_WEIGHTS[f] for f in fams])
+        qs = []
+        while len(qs) < D.NQ:
+            q = G.question(scene, fams[rng.choice(len(fams), p=w / w.sum())], rng)
+            if q is not None:
+                qs.append(q)
+        for j, q in enumerate(qs):
+            if "target" in q:
+                assert qc[i, j] == D.cell_of(scene["objects"][q["target"]])
+                checked += 1
+            elif q["family"] == "spatial":
+                assert qc[i, j] >= 0 and qt["p2"][i, j] >= 0 and qc[i, j] != qt["p2"][i, j]
+                assert qt["has2"][i, j] and qt["rel"][i, j] == ["left of", "right of", "above", "below"].index(
+                    next(r for r in ("left of", "right of", "above", "below") if r in q["text"]))
+            elif q["family"] == "count":
+                assert qt["sel1"][i, j].sum() == int(q["answer"]) and not qt["has2"][i, j]
+            elif q["family"] == "exists":
+                assert bool(qt["sel1"][i, j].any()) == (q["answer"] == "yes")
+    assert checked > 100
+    # captions: a true caption's descriptions each fit some object; the relation is read right
+    from edge_slim.aot.train import text_targets
+    ct = text_targets(cache.c_true, cache.cells)
+    assert ct["sel1"].any(-1).all()
+    assert (ct["sel2"].any(-1) | ~ct["has2"]).all()
+    toks = make_tok().vocab
+    for i in range(20):
+        for j in range(3):
+            words = [toks[t] for t in cache.c_true[i, j] if t]
+            want = next((k for k, w in enumerate(("left", "right", "above", "below")) if w in words), -1)
+            assert ct["rel"][i, j] == want and ct["has2"][i, j] == ("and" in words or want >= 0)

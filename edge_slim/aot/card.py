@@ -34,6 +34,8 @@ def model_card(model, run_dir: Path, manifest: dict, res: dict) -> str:
            "expressions, 3 true and 3 false captions each; every step draws fresh combinations",
            f"- final losses (EMA): {json.dumps({k: v for k, v in last.items() if k not in ('step', 'lr', 'time_s')})}",
            f"- PyTorch vs ONNX Runtime max abs diff: {res['parity_max_abs_diff']:.2e}", ""]
+    if (run_dir / "history.md").exists():  # how the run was warm-started, written by whoever ran it
+        out += [(run_dir / "history.md").read_text().strip(), ""]
     if evals:
         out += ["Held-out accuracy during training (PyTorch, quick check on "
                 f"{args.get('eval_samples')} scenes of seed {args.get('seed', 0) + 1}):", "",

@@ -56,7 +56,8 @@ def _scene_arrays(seed: int, i: int, tok: Tokenizer) -> dict:
     if hi_res:
         img = load_image(img).resize((IMAGE_SIZE, IMAGE_SIZE), resample=2)  # Image.BILINEAR, as preprocess does
     fams = list(FAMILY_WEIGHTS)
-    w = np.array([FAMILY_WEIGHTS[f] for f in fams]); w /= w.sum()
+    w = np.array([FAMILY_WEIGHTS[f] for f in fams])
+    w /= w.sum()
     qs = []
     while len(qs) < NQ:
         q = G.question(scene, fams[rng.choice(len(fams), p=w)], rng)

@@ -39,6 +39,7 @@ class Config:
     vocab_size: int = 44
     num_answers: int = 24
     embed_dim: int = 64
+    max_count: int = 6          # the count feature's bins are 0..max_count
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -135,6 +136,26 @@ class SlimPajama(nn.Module):
         self.answer_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.num_answers))
         self.match_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         self.loc_q, self.loc_k = nn.Linear(d, d), nn.Linear(d, d)
+        # The pointer's pooled object feeds the answer and match heads: the pointer learns to ground
+        # a description fast from its direct supervision (locate), and reading an attribute off the
+        # object it points at is then easy; starts at zero so it can be added to a trained model.
+        self.obj_proj = nn.Linear(d, d)
+        # A second pointer for the other object of a relation; the two pointed-at box centres give
+        # the answer head explicit positions to compare (left/right/above/below).
+        self.loc2_q = nn.Linear(d, d)
+        self.rel_proj = nn.Linear(6, d)
+        # Sigmoid selection over image tokens: which objects fit the description. Its sum is a soft
+        # count, binned (triangular) so the answer head can read 0..max_count.
+        self.sel_q, self.sel_k = nn.Linear(d, d), nn.Linear(d, d)
+        self.count_proj = nn.Linear(cfg.max_count + 1, d)
+        # A second selection (a caption's or relation's other description), a relation classifier, and
+        # the soft number of (first, second) object pairs in that relation: enough to check "a red cube
+        # left of a blue sphere" or "is the cone above the cube?" from the box centres.
+        self.sel2_q = nn.Linear(d, d)
+        self.count2_proj = nn.Linear(cfg.max_count + 1, d)
+        self.rel_cls = nn.Linear(d, 4)  # left of, right of, above, below
+        self.pair_proj = nn.Linear(2, d)
+        self.register_buffer("count_bins", torch.arange(cfg.max_count + 1, dtype=torch.float32), persistent=False)
         self.box_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 4))
         self.img_proj, self.txt_proj = nn.Linear(d, cfg.embed_dim), nn.Linear(d, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -143,6 +164,8 @@ class SlimPajama(nn.Module):
         gy, gx = torch.meshgrid(g, g, indexing="ij")
         self.register_buffer("cell_xy", torch.stack([gx.flatten(), gy.flatten()], -1), persistent=False)  # [N,2]
         self.apply(self._init)
+        for m in (self.obj_proj, self.rel_proj, self.count_proj, self.count2_proj, self.pair_proj):  # new paths start neutral
+            nn.init.zeros_(m.weight)
 
     @staticmethod
     def _init(m):
@@ -193,15 +216,38 @@ class SlimPajama(nn.Module):
         image-only outputs (token_boxes, image_embed) keep Bi rows."""
         cls = self.fuse(img, txt, bias)
         B, Bi = cls.shape[0], img.shape[0]
-        k = self.loc_k(img)                                                    # [Bi,N,d]
-        if B != Bi:
-            k = k.repeat(B // Bi, 1, 1)                                        # [B,N,d]
-        q = self.loc_q(cls)[:, None, :]                                        # [B,1,d]
-        loc_logits = (q @ k.transpose(1, 2))[:, 0] / math.sqrt(self.cfg.dim)  # [B,N] pointer over image tokens
+        r = B // Bi
+        rep = (lambda t: t.repeat(r, *([1] * (t.dim() - 1)))) if r != 1 else (lambda t: t)
+        scale = 1.0 / math.sqrt(self.cfg.dim)
+        k, imgs = rep(self.loc_k(img)), rep(img)                               # [B,N,d]
+        token_boxes = self.boxes(img)                                          # [Bi,N,4]
+        centres = rep((token_boxes[..., :2] + token_boxes[..., 2:]) * 0.5)     # [B,N,2]
+        loc_logits = (self.loc_q(cls)[:, None, :] @ k.transpose(1, 2))[:, 0] * scale    # [B,N] pointer
+        loc2_logits = (self.loc2_q(cls)[:, None, :] @ k.transpose(1, 2))[:, 0] * scale  # [B,N] 2nd pointer
+        p1, p2 = loc_logits.softmax(-1)[:, None, :], loc2_logits.softmax(-1)[:, None, :]
+        obj = (p1 @ imgs)[:, 0]                                                # [B,d] the object pointed at
+        xy1, xy2 = (p1 @ centres)[:, 0], (p2 @ centres)[:, 0]                  # [B,2] their box centres
+        sk = rep(self.sel_k(img)).transpose(1, 2)                              # [B,d,N]
+        sel_logits = (self.sel_q(cls)[:, None, :] @ sk)[:, 0] * scale           # [B,N]
+        sel2_logits = (self.sel2_q(cls)[:, None, :] @ sk)[:, 0] * scale         # [B,N]
+        s1, s2 = torch.sigmoid(sel_logits), torch.sigmoid(sel2_logits)
+        bins = torch.relu(1.0 - (s1.sum(-1, keepdim=True) - self.count_bins).abs())   # [B,max_count+1]
+        bins2 = torch.relu(1.0 - (s2.sum(-1, keepdim=True) - self.count_bins).abs())
+        rel_logits = self.rel_cls(cls)                                         # [B,4]
+        x, y = centres[..., 0], centres[..., 1]                                # [B,N]
+        dx, dy = x[:, None, :] - x[:, :, None], y[:, None, :] - y[:, :, None]  # [B,N(i),N(j)]: j minus i
+        holds = torch.sigmoid((torch.stack([dx, -dx, dy, -dy], 1) - 3.0 / 96) * 200.0)  # [B,4,N,N] "i rel j"
+        pairs = ((s1[:, None, :, None] * s2[:, None, None, :]) * holds).sum((-2, -1))   # [B,4]
+        npair = (rel_logits.softmax(-1) * pairs).sum(-1, keepdim=True)          # [B,1]
+        h = (cls + self.obj_proj(obj) + self.rel_proj(torch.cat([xy1, xy2, xy1 - xy2], -1))
+             + self.count_proj(bins) + self.count2_proj(bins2)
+             + self.pair_proj(torch.cat([npair, 1.0 - torch.exp(-npair)], -1)))
         img_emb = F.normalize(self.img_proj(img.mean(1)), dim=-1)
         txt_emb = F.normalize(self.txt_proj((txt * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)), dim=-1)
-        return {"answer_logits": self.answer_head(cls), "match_logit": self.match_head(cls)[:, 0],
-                "loc_logits": loc_logits, "token_boxes": self.boxes(img),
+        return {"answer_logits": self.answer_head(h), "match_logit": self.match_head(h)[:, 0],
+                "loc_logits": loc_logits, "loc2_logits": loc2_logits, "sel_logits": sel_logits,
+                "sel2_logits": sel2_logits, "rel_logits": rel_logits,
+                "token_boxes": token_boxes,
                 "image_embed": img_emb, "text_embed": txt_emb}
 
     def forward(self, image, tokens):

@@ -43,6 +43,7 @@ class TrainArgs:
     eval_every: int = 2000
     eval_samples: int = 300
     threads: int = 0
+    init_from: str = ""  # warm-start weights from this checkpoint (new parameters keep their init)
     minutes: float = 0.0  # if set, the schedule runs on wall-clock time and training stops at the budget
     overrides: dict = field(default_factory=dict)
 
@@ -79,9 +80,63 @@ def lr_at(step: int, a: TrainArgs, p: float | None = None) -> float:
     return a.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
-def batch_losses(model: SlimPajama, aux: AuxHead, cache: D.Cache, idx: np.ndarray, rng: np.random.Generator):
+def text_targets(tok: np.ndarray, cells: np.ndarray) -> dict:
+    """Grounding targets for cached texts [N,K,L], read off their tokens and the per-cell attribute
+    table cells [N,36,3] (the only attribute words in a text are its descriptions'), so no scene is
+    re-generated. A text's first description ends at its relation word or "and"; the rest is the second.
+
+    sel1, sel2 [N,K,36]  cells whose object fits the first / second description
+    has2 [N,K]           the text has a second description
+    rel [N,K]            index of its relation (left of, right of, above, below), or -1
+    """
+    from ..scenes.grammar import SHAPE_PLURALS
+    vocab = vocabulary()
+    attr_of = np.full(len(vocab), -1)
+    value_of = np.full(len(vocab), -1)
+    for k, values in enumerate((list(COLORS), list(SHAPES), list(SIZES))):
+        for v, w in enumerate(values):
+            for word in (w, SHAPE_PLURALS[w]) if k == 1 else (w,):
+                attr_of[vocab.index(word)], value_of[vocab.index(word)] = k, v
+    rel_words = [vocab.index(w) for w in ("left", "right", "above", "below")]
+    is_rel = np.isin(tok, rel_words)
+    is_split = is_rel | (tok == vocab.index("and"))
+    L = tok.shape[-1]
+    split = np.where(is_split.any(-1), is_split.argmax(-1), L)                # [N,K]
+    rel_tok = np.take_along_axis(tok, np.minimum(split, L - 1)[..., None], -1)[..., 0]
+    rel_of = np.full(len(vocab), -1)
+    rel_of[rel_words] = np.arange(4)
+    rel = np.where(split < L, rel_of[rel_tok], -1)                            # "and" gives -1 too
+    first = np.arange(L) < split[..., None]
+
+    def fits(where):  # [N,K,L] token mask -> [N,K,36] cells matching the attributes found there
+        m = cells[:, None, :, 0] > 0
+        for k in range(3):
+            req = np.where(where & (attr_of[tok] == k), value_of[tok], -1).max(-1)
+            m = m & ((req[..., None] < 0) | (cells[:, None, :, k] == req[..., None] + 1))
+        return m
+
+    return {"sel1": fits(first), "sel2": fits(~first & (tok != 0)), "has2": split < L, "rel": rel}
+
+
+def question_targets(cache: D.Cache) -> dict:
+    """Targets for the cached questions: text_targets plus the pointers' cells
+
+    p1  [N,NQ]  the one object a color/shape/size question is about, or a spatial question's first (-1: none)
+    p2  [N,NQ]  a spatial question's second object (-1: none)
+    """
+    from ..scenes.grammar import FAMILIES
+    t = text_targets(cache.q_tok, cache.cells)
+    f = {n: cache.q_fam == FAMILIES.index(n) for n in FAMILIES}
+    unique = lambda m, ok: np.where(ok & (m.sum(-1) == 1), m.argmax(-1), -1)
+    t["p1"] = unique(t["sel1"], f["spatial"] | f["color"] | f["shape"] | f["size"])
+    t["p2"] = unique(t["sel2"], f["spatial"])
+    t["has2"] &= f["spatial"]
+    return t
+
+
+def batch_losses(model: SlimPajama, aux: AuxHead, cache: D.Cache, idx: np.ndarray, rng: np.random.Generator,
+                 qt: dict | None = None, ct_t: dict | None = None, cf_t: dict | None = None):
     B = len(idx)
-    ar = np.arange(B)
     qs = rng.integers(D.NQ, size=(2, B))
     r = rng.integers(D.NR, size=B)
     ct, cf = rng.integers(D.NC, size=B), rng.integers(D.NC, size=B)
@@ -98,6 +153,20 @@ def batch_losses(model: SlimPajama, aux: AuxHead, cache: D.Cache, idx: np.ndarra
     L["match"] = F.binary_cross_entropy_with_logits(m, torch.cat([torch.ones(B), torch.zeros(B)]))
     cell = torch.from_numpy(cache.r_cell[idx, r])
     L["loc"] = F.cross_entropy(o["loc_logits"][2 * B:3 * B], cell)
+    if qt is not None:  # ground the questions too: pointers on the objects they are about
+        both = lambda a: torch.from_numpy(np.concatenate([a[idx, qs[0]], a[idx, qs[1]]]))
+        p1, p2 = both(qt["p1"]), both(qt["p2"])
+        L["ptr"] = 0.5 * F.cross_entropy(o["loc_logits"][:2 * B], p1, ignore_index=-1)
+        if (p2 >= 0).any():
+            L["ptr2"] = 0.5 * F.cross_entropy(o["loc2_logits"][:2 * B], p2, ignore_index=-1)
+    if qt is not None and ct_t is not None:  # selections, relation and pairs for questions and captions alike
+        txt_rows = np.concatenate([np.arange(2 * B), np.arange(3 * B, 5 * B)])
+        pick = lambda k: torch.from_numpy(np.concatenate([qt[k][idx, qs[0]], qt[k][idx, qs[1]],
+                                                          ct_t[k][idx, ct], cf_t[k][idx, cf]]))
+        s1, s2, has2, rel = pick("sel1").float(), pick("sel2").float(), pick("has2"), pick("rel")
+        L["sel"] = F.binary_cross_entropy_with_logits(o["sel_logits"][txt_rows], s1)
+        L["sel2"] = F.binary_cross_entropy_with_logits(o["sel2_logits"][txt_rows][has2], s2[has2])
+        L["rel"] = 0.5 * F.cross_entropy(o["rel_logits"][txt_rows], rel, ignore_index=-1)
     boxes = o["token_boxes"]                                     # [B,36,4] (image-only)
     has = torch.from_numpy(cache.cells[idx, :, 0] > 0)            # [B,36] cells holding an object
     gt = torch.from_numpy(cache.cell_box[idx])
@@ -140,10 +209,22 @@ def train(a: TrainArgs, log=print) -> Path:
     ckpt, step, elapsed = out / "last.pt", 0, 0.0
     if ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(st["model"]); aux.load_state_dict(st["aux"]); opt.load_state_dict(st["opt"])
+        model.load_state_dict(st["model"])
+        aux.load_state_dict(st["aux"])
+        opt.load_state_dict(st["opt"])
         step, elapsed = st["step"], st.get("elapsed_s", 0.0)
         log(f"resumed from {ckpt} at step {step}")
+    elif a.init_from:
+        st = torch.load(a.init_from, weights_only=False)
+        own = model.state_dict()
+        keep = {k: v for k, v in st["model"].items() if k in own and own[k].shape == v.shape}
+        missing, unexpected = model.load_state_dict(keep, strict=False)
+        unexpected = sorted(set(st["model"]) - set(keep))
+        aux.load_state_dict(st["aux"])
+        log(f"warm start from {a.init_from}; new parameters: {missing}; dropped: {unexpected}")
     cache = _get_cache(a, cfg, log)
+    qt = question_targets(cache)
+    ct_t, cf_t = text_targets(cache.c_true, cache.cells), text_targets(cache.c_false, cache.cells)
     rng = np.random.default_rng([a.seed, step])
     (out / "args.json").write_text(json.dumps({**a.__dict__, "config": cfg.to_dict()}, indent=1))
     from tqdm import tqdm
@@ -155,7 +236,7 @@ def train(a: TrainArgs, log=print) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.integers(len(cache), size=a.batch)
-        L = batch_losses(model, aux, cache, idx, rng)
+        L = batch_losses(model, aux, cache, idx, rng, qt, ct_t, cf_t)
         loss = sum(L.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -163,7 +244,7 @@ def train(a: TrainArgs, log=print) -> Path:
         opt.step()
         step += 1
         cur = {k: float(v.detach()) for k, v in L.items()}
-        ema = cur if ema is None else {k: 0.98 * ema[k] + 0.02 * cur[k] for k in cur}
+        ema = cur if ema is None else {k: 0.98 * ema.get(k, cur[k]) + 0.02 * cur[k] for k in cur}
         bar.update(1)
         bar.set_postfix(loss=f"{sum(ema.values()):.3f}", vqa=f"{ema['vqa']:.3f}", refresh=False)
         if step % 100 == 0:

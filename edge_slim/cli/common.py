@@ -6,7 +6,6 @@ Errors the user can act on print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 

@@ -26,12 +26,14 @@ def _need_torch():
 @click.option("--cache-dir", default=None, help="Where rendered scenes are cached (default ~/.cache/edge-slim).")
 @click.option("--eval-every", type=click.IntRange(0), default=2000, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=0, help="Torch threads (0 = torch's default).")
-def train_cmd(size, steps, minutes, batch, lr, scenes, seed, out, cache_dir, eval_every, threads):
+@click.option("--init-from", default="", help="Warm-start from a checkpoint (new parameters keep their init).")
+@click.option("--warmup", type=click.IntRange(0), default=400, show_default=True, help="Linear warm-up steps.")
+def train_cmd(size, steps, minutes, batch, lr, scenes, seed, out, cache_dir, eval_every, threads, init_from, warmup):
     """Train SlimPajama's three heads jointly on generated scenes (seeded, resumable)."""
     _need_torch()
     from ..aot.train import TrainArgs, train
     a = TrainArgs(size=size, steps=steps, minutes=minutes, batch=batch, lr=lr, scenes=scenes, seed=seed, out=out,
-                  eval_every=eval_every, threads=threads)
+                  eval_every=eval_every, threads=threads, init_from=init_from, warmup=warmup)
     if cache_dir:
         a.cache_dir = cache_dir
     click.echo(f"training {size} -> {out} ({'%g min' % minutes if minutes else f'{steps} steps'}, batch {batch}, lr {lr}, seed {seed})", err=True)
