@@ -20,8 +20,8 @@ def test_eval_meets_targets_through_cli():
 
 @pytest.mark.parametrize("backend", ["numpy"])
 def test_eval_other_backend_agrees(backend):
-    a = json.loads(cli("eval", "--samples", 40, "--seed", 12, "--json", check=0).stdout)
-    b = json.loads(cli("eval", "--samples", 40, "--seed", 12, "--backend", backend, "--json", check=0).stdout)
+    a = json.loads(cli("eval", "--samples", 20, "--seed", 12, "--json", check=0).stdout)
+    b = json.loads(cli("eval", "--samples", 20, "--seed", 12, "--backend", backend, "--json", check=0).stdout)
     assert b["backend"] == backend
     for k in ("vqa_accuracy", "match_r1", "locate_iou50"):
         assert abs(a[k] - b[k]) <= 0.01, (k, a, b)

@@ -16,6 +16,7 @@ def model_card(model, run_dir: Path, manifest: dict, res: dict) -> str:
     last = log[-1] if log else {}
     n_params = sum(p.numel() for p in model.parameters())
     ev = manifest.get("eval") or {}
+    step = getattr(model, "trained_steps", None) or last.get("step")
     cmd = (f"edge-slim train --size {args.get('size', 'tiny')} --minutes {args.get('minutes', 0):g} "
            f"--batch {args.get('batch')} --lr {args.get('lr')} --scenes {args.get('scenes')} --seed {args.get('seed')}")
     out = [f"# {manifest['name']} — model card", "",
@@ -27,9 +28,8 @@ def model_card(model, run_dir: Path, manifest: dict, res: dict) -> str:
            f"- ONNX opset {manifest['toolchain']['opset']}, fp32, {manifest['files']['model.onnx']['bytes'] / 1e6:.2f} MB",
            "", "## Training", "",
            f"- command: `{cmd}` (the schedule follows wall-clock time when --minutes is set)",
-           f"- steps: {last.get('step')}, wall-clock {last.get('time_s', 0) / 60:.1f} min on "
-           f"{platform.machine()} with {args.get('threads') or 'default'} torch threads "
-           f"({platform.processor() or 'cpu'}), batch {args.get('batch')} images x 5 texts",
+           f"- steps: {step}, wall-clock {last.get('time_s', 0) / 60:.1f} min on "
+           f"{platform.machine()} with {args.get('threads') or 'the default number of'} torch threads, batch {args.get('batch')} images x 5 texts",
            f"- data: {args.get('scenes')} rendered scenes of seed {args.get('seed')}, 12 questions, 3 referring "
            "expressions, 3 true and 3 false captions each; every step draws fresh combinations",
            f"- final losses (EMA): {json.dumps({k: v for k, v in last.items() if k not in ('step', 'lr', 'time_s')})}",

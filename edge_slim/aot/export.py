@@ -85,7 +85,7 @@ def export_bundle(model: SlimPajama, out: Path, eval_samples: int = 0, run_dir: 
         to_onnx(model, tmp / "model.onnx")
         manifest = manifest_for(model, None, extra)
         manifest["source_model_sha256"] = hashlib.sha256((tmp / "model.onnx").read_bytes()).hexdigest()
-        B.write_manifest(tmp, manifest)
+        manifest = B.write_manifest(tmp, manifest)
         res = {"bundle": str(out), "parity_max_abs_diff": parity(model, tmp / "model.onnx")}
         if eval_samples:
             import edge_slim

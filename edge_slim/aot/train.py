@@ -62,7 +62,7 @@ class AuxHead(nn.Module):
 
 
 def to_tensor_images(u8: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(u8).float().mul_(1 / 255.0).sub_(MEAN).div_(STD)
+    x = torch.from_numpy(np.require(u8, requirements="W")).float().mul_(1 / 255.0).sub_(MEAN).div_(STD)
     return x.permute(0, 3, 1, 2).contiguous()
 
 
@@ -286,4 +286,5 @@ def load_checkpoint(path) -> SlimPajama:
     st = torch.load(path, weights_only=False, map_location="cpu")
     model = SlimPajama(Config.from_dict(st["config"]))
     model.load_state_dict(st["model"])
+    model.trained_steps = st.get("step")
     return model.eval()
