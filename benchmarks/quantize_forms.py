@@ -1,0 +1,113 @@
+"""Compare int8 forms of SlimPajama against fp32 in ONNX Runtime on this machine (issue 5).
+
+Builds every form in edge_slim.aot.quantize.FORMS from one fp32 bundle, then times all of them
+interleaved in one process (each round runs every model once, in a fresh random order), at
+1 and 2 threads. Prints and optionally writes: median and minimum ms per form, their ratios to
+fp32, model size, and the CPU's lscpu model name and flags (ratios differ between CPUs).
+
+    python benchmarks/quantize_forms.py --model edge_slim/models/slimpajama-tiny --rounds 400 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import edge_slim
+from edge_slim.aot import quantize as Q
+
+
+def cpu_info() -> dict:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    kv = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = kv.get("Flags", "").split()
+    keep = [f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "vnni")) or "vnni" in f]
+    return {"model_name": kv.get("Model name", "").strip(), "family": kv.get("CPU family", "").strip(),
+            "model": kv.get("Model", "").strip(), "cpus": kv.get("CPU(s)", "").strip(), "simd_flags": keep}
+
+
+def make_session(path: Path, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    if threads > 1:
+        # interleaved sessions: an idle pool that keeps spinning steals the core from the session being timed
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def bench(models: dict[str, Path], feeds: list[dict], threads: int, rounds: int, warmup: int = 20) -> dict:
+    sess = {k: make_session(p, threads) for k, p in models.items()}
+    times = {k: [] for k in sess}
+    names = list(sess)
+    for r in range(warmup + rounds):
+        random.shuffle(names)
+        f = feeds[r % len(feeds)]
+        for k in names:
+            t = time.perf_counter()
+            sess[k].run(None, f)
+            if r >= warmup:
+                times[k].append((time.perf_counter() - t) * 1000)
+    med0, min0 = np.median(times["fp32"]), np.min(times["fp32"])
+    return {k: {"p50_ms": round(float(np.median(v)), 4), "min_ms": round(float(np.min(v)), 4),
+                "p50_ratio": round(float(np.median(v) / med0), 3), "min_ratio": round(float(np.min(v) / min0), 3)}
+            for k, v in times.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="fp32 bundle (default: the shipped SlimPajama-Tiny)")
+    ap.add_argument("--forms", default=",".join(Q.FORMS), help="comma-separated forms")
+    ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--calib-samples", type=int, default=50)
+    ap.add_argument("--fuse", choices=["both", "on", "off"], default="both",
+                    help="also (or only) build from the graph with parallel linears fused (fuse_parallel_linears)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    a = ap.parse_args()
+    s = edge_slim.load(a.model)
+    fp32 = s.bundle.model_path
+    feeds = Q.scene_feeds(s, a.calib_samples)
+    with tempfile.TemporaryDirectory(prefix="edge-slim-bench-") as tmp:
+        models = {"fp32": fp32}
+        sources = {"": fp32}
+        if a.fuse in ("both", "on"):
+            import onnx
+            g, n = Q.fuse_parallel_linears(onnx.load(str(fp32)))
+            onnx.save(g, str(Path(tmp) / "fp32-fused.onnx"))
+            models["fp32+fused"] = sources["+fused"] = Path(tmp) / "fp32-fused.onnx"
+            if a.fuse == "on":
+                del sources[""]
+        for name in a.forms.split(","):
+            for tag, src in sources.items():
+                (Path(tmp) / f"cache{tag}").mkdir(exist_ok=True)
+                models[name + tag] = Q.build(src, Path(tmp) / f"{name}{tag}.onnx", Q.FORMS[name], feeds,
+                                             cache_dir=Path(tmp) / f"cache{tag}")
+        sizes = {k: p.stat().st_size for k, p in models.items()}
+        res = {"cpu": cpu_info(), "onnxruntime": ort.__version__, "rounds": a.rounds, "model": str(s.bundle.path),
+               "size_ratio": {k: round(v / sizes["fp32"], 4) for k, v in sizes.items()}, "threads": {}}
+        for t in (int(x) for x in a.threads.split(",")):
+            res["threads"][t] = bench(models, feeds[:30], t, a.rounds)
+    print(f"{res['cpu'].get('model_name')} (family {res['cpu'].get('family')} model {res['cpu'].get('model')}), "
+          f"ORT {res['onnxruntime']}, {a.rounds} interleaved rounds")
+    print(f"{'form':22s} {'size':>6s} " + " ".join(f"{t}t p50 ms  ratio  min-ratio" for t in res["threads"]))
+    for k in models:
+        row = " ".join(f"{res['threads'][t][k]['p50_ms']:9.3f} {res['threads'][t][k]['p50_ratio']:6.3f} "
+                       f"{res['threads'][t][k]['min_ratio']:10.3f}" for t in res["threads"])
+        print(f"{k:22s} {res['size_ratio'][k]:6.3f} {row}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,614 @@
+"""Post-training int8 quantization of a SlimPajama ONNX bundle, within a task-accuracy budget.
+
+    fp32 bundle -> calibration feeds (generated scenes of seed 2, or a user's folder)
+                -> int8 graph in one FORM (ONNX Runtime's quantizers + a weight-only pass of ours)
+                -> fp32 and int8 evaluated on the same held-out scenes (seed 1)
+                -> while the drop exceeds the budget: keep the most sensitive nodes in fp32
+                -> bundle with a `quantization` report in its manifest, written atomically
+
+Only nodes with a constant weight are ever quantized (conv, linear layers, the token
+embedding); LayerNorm, Softmax, GELU and the attention score/value products stay fp32
+in every form: their int8 versions were slower or lost accuracy (shared/notes/tvm-facts.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import BadInputError, EdgeSlimError, ModelError
+from ..runtime import bundle as B
+
+CALIB_SEED = 2        # training uses scene stream 0 and evaluation stream 1
+CALIB_FILE = "calib.jsonl"
+TASKS = ("ask", "match", "locate")
+HEADLINE = ("vqa_accuracy", "match_r1", "locate_iou50")  # the metrics the budget applies to
+SENSITIVITY_FEEDS = 96
+FP32_BY_DESIGN = ("LayerNormalization, Softmax, GELU (Erf), reductions, and the attention score/value MatMuls "
+                  "(both inputs are activations) stay fp32 in every form")
+
+
+class BudgetError(EdgeSlimError):
+    """The int8 model cannot meet the accuracy budget within the allowed fp32 fallbacks."""
+    exit_code = 5
+
+
+# -- calibration feeds ----------------------------------------------------------------------------
+def scene_feeds(session, samples: int, seed: int = CALIB_SEED) -> list[dict]:
+    """Model inputs from generated scenes: per scene one question, one caption and one phrase."""
+    from ..scenes import generate as G
+    from ..scenes.render import MODEL_RES, render
+    feeds = []
+    for i in range(samples):
+        s = G.sample(seed, i)
+        image = session.prepare_image(render(s["scene"], MODEL_RES))[0]
+        texts = [("ask", s["questions"][i % len(s["questions"])]["text"]), ("match", s["captions"][i % len(s["captions"])])]
+        if s["refer"] is not None:
+            texts.append(("locate", s["refer"]["text"]))
+        feeds += [{"image": image, "tokens": session.tokenizer.encode(t, task)[None]} for task, t in texts]
+    return feeds
+
+
+def read_calib_folder(directory) -> list[tuple[Path, str, str]]:
+    """Parse DIR/calib.jsonl into (image path, text, task) entries; any bad entry is a BadInputError.
+
+    Each non-blank line not starting with '#' is an object {"image": "rel/path.png",
+    "text": "what color is the mug?" or ["...", ...], "task": "ask"|"match"|"locate"} (task defaults to ask).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise BadInputError(f"calibration folder not found: {d}")
+    index = d / CALIB_FILE
+    if not index.is_file():
+        raise BadInputError(f"{d} has no {CALIB_FILE}; see docs/quantize.md for the calibration folder format")
+    root, entries, bad = d.resolve(), [], []
+    try:
+        lines = index.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{index} is not readable UTF-8 text ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            entries += _parse_entry(line, root)
+        except ValueError as e:
+            bad.append(f"line {n}: {e}")
+    if bad:
+        more = f" (and {len(bad) - 1} more bad {'entry' if len(bad) == 2 else 'entries'})" if len(bad) > 1 else ""
+        raise BadInputError(f"{index} {bad[0]}{more}")
+    if not entries:
+        raise BadInputError(f"{index} lists no calibration entries")
+    return entries
+
+
+def _parse_entry(line: str, root: Path) -> list[tuple[Path, str, str]]:
+    try:
+        e = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not a JSON object ({err.msg})") from None
+    if not isinstance(e, dict):
+        raise ValueError("not a JSON object")
+    unknown = set(e) - {"image", "text", "task"}
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; expected image, text, task")
+    img, text, task = e.get("image"), e.get("text"), e.get("task", "ask")
+    if not isinstance(img, str) or not img:
+        raise ValueError("'image' must be a relative path string")
+    path = (root / img).resolve()
+    if root not in path.parents:
+        raise ValueError(f"image {img!r} is outside the calibration folder")
+    if not path.is_file():
+        raise ValueError(f"image {img!r} does not exist")
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    texts = [text] if isinstance(text, str) else text
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("'text' must be a non-empty string or list of strings")
+    return [(path, t, task) for t in texts]
+
+
+def folder_feeds(session, directory) -> list[dict]:
+    """Model inputs from a calibration folder (format: docs/quantize.md); bad entries raise BadInputError."""
+    feeds, images = [], {}
+    for path, text, task in read_calib_folder(directory):
+        try:
+            if path not in images:
+                images[path] = session.prepare_image(path)[0]
+            feeds.append({"image": images[path], "tokens": session.tokenizer.encode(text, task)[None]})
+        except BadInputError as e:
+            raise BadInputError(f"{Path(directory) / CALIB_FILE}: {e}") from None
+    return feeds
+
+
+class FeedReader:
+    """ONNX Runtime CalibrationDataReader over a list of feeds (re-readable)."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds, self.i = feeds, 0
+
+    def get_next(self):
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def __len__(self):
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int):
+        self.feeds, self.i = self.feeds[start_index:end_index], 0
+
+
+# -- forms: ordered steps; static steps come first, as they calibrate on the fp32 graph ---------
+@dataclass(frozen=True)
+class Step:
+    kind: str                     # "static" (calibrated), "dynamic" (activations quantized per call), "weights"
+    ops: tuple[str, ...]
+    qformat: str = "qdq"          # static only: "qdq" (Q/DQ pairs) or "qop" (QLinearConv/QLinearMatMul)
+    activation: str = "u8"        # static only: "u8" or "s8"
+
+
+@dataclass(frozen=True)
+class Form:
+    summary: str
+    steps: tuple[Step, ...]
+
+    @property
+    def calibrated(self) -> bool:
+        return any(s.kind == "static" for s in self.steps)
+
+
+LINEAR = ("MatMul", "Gemm", "Gather")
+FORMS: dict[str, Form] = {
+    "dynamic-qconv": Form("dynamic int8 MatMul/Gemm/Gather + static uint8 QLinearConv stem",
+                          (Step("static", ("Conv",), "qop", "u8"), Step("dynamic", LINEAR))),
+    "dynamic-wconv": Form("dynamic int8 MatMul/Gemm/Gather + int8 weight-only conv stem (fp32 compute)",
+                          (Step("weights", ("Conv",)), Step("dynamic", LINEAR))),
+    "dynamic": Form("dynamic int8 MatMul/Gemm/Gather, fp32 conv stem", (Step("dynamic", LINEAR),)),
+    "dynamic-conv": Form("dynamic int8 everywhere, conv as ConvInteger", (Step("dynamic", ("Conv", *LINEAR)),)),
+    "static-qdq-u8": Form("static QDQ, uint8 activations, per-channel int8 weights",
+                          (Step("static", ("Conv", *LINEAR), "qdq", "u8"),)),
+    "static-qdq-s8": Form("static QDQ, int8 activations, per-channel int8 weights",
+                          (Step("static", ("Conv", *LINEAR), "qdq", "s8"),)),
+    "static-qop-u8": Form("static QOperator (QLinearConv/QLinearMatMul), uint8 activations",
+                          (Step("static", ("Conv", *LINEAR), "qop", "u8"),)),
+    "weight-only": Form("int8 weights dequantized in the graph, fp32 compute", (Step("weights", ("Conv", *LINEAR)),)),
+}
+DEFAULT_FORM = "dynamic-qconv"
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def _weight_slot(node, inits) -> tuple[int, int] | None:
+    """(input index, channel axis) of the node's constant weight, or None if it has none."""
+    slot = {"Conv": (1, 0), "MatMul": (1, 1), "Gather": (0, 0)}.get(node.op_type)
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        slot = (1, 0 if trans_b else 1)
+    if slot is None or len(node.input) <= slot[0] or node.input[slot[0]] not in inits:
+        return None
+    if node.op_type == "MatMul" and len(inits[node.input[1]].dims) != 2:
+        return None
+    return slot
+
+
+def candidates(model: onnx.ModelProto, form: Form) -> list[str]:
+    """Names of the nodes the form quantizes (those the budget loop may keep in fp32)."""
+    ops = {o for s in form.steps for o in s.ops}
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in ops and _weight_slot(n, inits) is not None]
+
+
+def quantize_weights(model: onnx.ModelProto, ops, nodes: set[str] | None = None,
+                     exclude: set[str] = frozenset()) -> onnx.ModelProto:
+    """Weight-only int8: each constant weight becomes symmetric per-channel int8 + DequantizeLinear."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    users: dict[str, int] = {}
+    for n in g.node:
+        for x in n.input:
+            users[x] = users.get(x, 0) + 1
+    done: dict[tuple[str, int], str] = {}
+    dq_nodes, drop = [], set()
+    for n in g.node:
+        slot = _weight_slot(n, inits) if n.op_type in ops else None
+        if slot is None or n.name in exclude or (nodes is not None and n.name not in nodes):
+            continue
+        idx, axis = slot
+        name = n.input[idx]
+        if (name, axis) not in done:
+            w = numpy_helper.to_array(inits[name]).astype(np.float32)
+            red = tuple(a for a in range(w.ndim) if a != axis)
+            scale = np.abs(w).max(axis=red) / 127.0
+            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+            base = f"{name}_w8a{axis}"
+            g.initializer.extend([numpy_helper.from_array(q, base + "_q"), numpy_helper.from_array(scale, base + "_s"),
+                                  numpy_helper.from_array(np.zeros_like(scale, np.int8), base + "_z")])
+            dq_nodes.append(helper.make_node("DequantizeLinear", [base + "_q", base + "_s", base + "_z"], [base],
+                                             name=base + "_DequantizeLinear", axis=axis))
+            done[(name, axis)] = base
+        n.input[idx] = done[(name, axis)]
+        users[name] -= 1
+        if users[name] == 0 and name not in {o.name for o in g.output}:
+            drop.add(name)
+    kept = [i for i in g.initializer if i.name not in drop]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    nodes_all = dq_nodes + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes_all)
+    return model
+
+
+def fuse_parallel_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Linear layers that read the same tensor (q/k/v; cross-attention k/v; loc_k + box_head) become one
+    MatMul over concatenated weights + one bias Add + Split: the same function (outputs equal to ~1e-6)
+    with fewer, wider kernels and, in dynamic int8, one activation quantization instead of three.
+    -> (model, number of groups fused)."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+
+    def linear(n):  # MatMul(x, W) -> Add(bias) with constant 2-D W and 1-D bias of W's width
+        if n.op_type != "MatMul" or n.input[1] not in inits or len(inits[n.input[1]].dims) != 2:
+            return None
+        adds = consumers.get(n.output[0], [])
+        if len(adds) != 1 or adds[0].op_type != "Add":
+            return None
+        b = [x for x in adds[0].input if x != n.output[0]]
+        if len(b) != 1 or b[0] not in inits or list(inits[b[0]].dims) != [inits[n.input[1]].dims[1]]:
+            return None
+        return n, adds[0], b[0]
+
+    drop, new, fused = set(), {}, 0
+    for x, cs in consumers.items():
+        group = [lin for lin in (linear(c) for c in cs if c.input[0] == x) if lin is not None]
+        if len(group) < 2:
+            continue
+        ws = [numpy_helper.to_array(inits[n.input[1]]) for n, _, _ in group]
+        bs = [numpy_helper.to_array(inits[b]) for _, _, b in group]
+        base = _group_name([module_of(n) or n.name or n.output[0] for n, _, _ in group])
+        w, b, sp = base + ".weight", base + ".bias", base + ".split"
+        g.initializer.extend([numpy_helper.from_array(np.concatenate(ws, 1), w), numpy_helper.from_array(np.concatenate(bs), b),
+                              numpy_helper.from_array(np.array([a.shape[1] for a in ws], np.int64), sp)])
+        new[id(group[0][0])] = [helper.make_node("MatMul", [x, w], [base + "/MatMul_output_0"], name=base + "/MatMul"),
+                                helper.make_node("Add", [base + "/MatMul_output_0", b], [base + "/Add_output_0"], name=base + "/Add"),
+                                helper.make_node("Split", [base + "/Add_output_0", sp], [a.output[0] for _, a, _ in group],
+                                                 name=base + "/Split", axis=-1)]
+        drop.update(id(n) for lin in group for n in lin[:2])
+        fused += 1
+    nodes = [m for n in g.node for m in (new.get(id(n), []) if id(n) in drop else [n])]
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
+    kept = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    onnx.checker.check_model(model)
+    return model, fused
+
+
+def module_of(node) -> str:
+    """The PyTorch module a node came from ('img_blocks.0.attn.q'), from the exporter's metadata, or ''."""
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = json.loads(p.value.replace("'", '"'))
+            except json.JSONDecodeError:
+                return ""
+            return scopes[-2] if len(scopes) >= 2 else ""
+    return ""
+
+
+def _group_name(names: list[str]) -> str:
+    """'img_blocks.0.attn.q', 'img_blocks.0.attn.k' -> 'img_blocks.0.attn.q+k' ('/' paths likewise)."""
+    sep = "/" if any("/" in n for n in names) else "."
+    parts = [n.split(sep) for n in names]
+    head = 0
+    while all(len(p) > head + 1 and p[head] == parts[0][head] for p in parts):
+        head += 1
+    return sep.join(parts[0][:head] + ["+".join(sep.join(p[head:]) for p in parts)])
+
+
+def build(src: Path, dst: Path, form: Form, feeds: list[dict] | None, method: str = "minmax",
+          exclude=(), only=None, cache_dir: Path | None = None) -> Path:
+    """Quantize the fp32 ONNX file `src` into `dst` in `form`, leaving `exclude` nodes in fp32.
+
+    `only` (a list of node names) quantizes just those nodes (used for sensitivity);
+    calibration ranges are cached per step in `cache_dir` so repeated builds skip calibration.
+    """
+    import onnxruntime.quantization as Q
+    qt = {"u8": Q.QuantType.QUInt8, "s8": Q.QuantType.QInt8}
+    calib = {"minmax": Q.CalibrationMethod.MinMax, "entropy": Q.CalibrationMethod.Entropy,
+             "percentile": Q.CalibrationMethod.Percentile}[method]
+    exclude, only = list(exclude), (list(only) if only is not None else None)
+    with _quiet_root_logger(), tempfile.TemporaryDirectory(prefix="edge-slim-calib-") as tmp:
+        work = Path(cache_dir) if cache_dir is not None else Path(tmp)
+        return _build(Q, qt, calib, Path(src), Path(dst), form, feeds, method, exclude, only, work)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ORT's quantizers log advice ("consider pre-processing") on the root logger at WARNING."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _build(Q, qt, calib, src, dst, form, feeds, method, exclude, only, work):
+    cur = src
+    for k, step in enumerate(form.steps):
+        out = dst if k == len(form.steps) - 1 else dst.with_name(f"{dst.stem}.step{k}.onnx")
+        if step.kind == "weights":
+            m = quantize_weights(onnx.load(str(cur)), step.ops, set(only) if only is not None else None, set(exclude))
+            onnx.save(m, str(out))
+        elif step.kind == "dynamic":
+            # the dynamic quantizer first rewrites Gemm <name> as MatMul <name>_MatMul + Add, then filters by name
+            alias = lambda names: None if names is None else names + [n + "_MatMul" for n in names]
+            Q.quantize_dynamic(cur, out, op_types_to_quantize=list(step.ops), per_channel=True,
+                               weight_type=Q.QuantType.QInt8, nodes_to_quantize=alias(only),
+                               nodes_to_exclude=alias(exclude),
+                               extra_options={"MatMulConstBOnly": True})
+        else:
+            if not feeds:
+                raise BadInputError("this form needs calibration data (--calib-samples or --calib)")
+            Q.quantize_static(cur, out, FeedReader(feeds), quant_format=Q.QuantFormat.QDQ if step.qformat == "qdq"
+                              else Q.QuantFormat.QOperator, op_types_to_quantize=list(step.ops), per_channel=True,
+                              activation_type=qt[step.activation], weight_type=Q.QuantType.QInt8,
+                              nodes_to_quantize=only, nodes_to_exclude=exclude, calibrate_method=calib,
+                              calibration_cache_path=work / f"calib-{'-'.join(step.ops)}-{method}.json",
+                              extra_options={"MatMulConstBOnly": True})
+        if cur != src:
+            cur.unlink()
+        cur = out
+    onnx.save(strip_debug_info(onnx.load(str(dst))), str(dst))
+    return dst
+
+
+def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop what inference never reads: the exporter's per-node metadata (stack traces, FX nodes: ~5 % of the
+    fp32 file, ~15 % of an int8 one), doc strings and value_info."""
+    for n in model.graph.node:
+        del n.metadata_props[:]
+        n.doc_string = ""
+    del model.graph.value_info[:]
+    return model
+
+
+# -- evaluation and sensitivity -------------------------------------------------------------------
+def _session(model_file: Path, manifest: dict, threads: int | None = None):
+    from ..runtime.session import Session
+    return Session(B.Bundle(model_file.parent, {**manifest, "model_file": model_file.name}), backend="ort",
+                   threads=threads)
+
+
+def task_scores(model_file: Path, manifest: dict, samples: int, threads: int | None = None) -> dict:
+    """Held-out accuracy (edge_slim.scenes.evaluate on seed 1) of one ONNX file with the bundle's tokenizer."""
+    from ..scenes.evaluate import DEFAULT_EVAL_SEED, evaluate
+    return evaluate(_session(model_file, manifest, threads), samples=samples, seed=DEFAULT_EVAL_SEED)
+
+
+def accuracy_drop(fp32: dict, int8: dict) -> float:
+    """The largest drop over VQA accuracy, match R@1 and locate IoU>=0.5 (fractions, 0.01 = 1 point)."""
+    return max(fp32[k] - int8[k] for k in HEADLINE)
+
+
+_SENS_OUTPUTS = ("answer_logits", "match_logit", "box")
+
+
+def output_error(model_file: Path, feeds: list[dict], ref: dict[str, np.ndarray]) -> float:
+    """Sum over the task outputs of the mean squared error vs fp32, each normalized by fp32's variance."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(model_file), so, providers=["CPUExecutionProvider"])
+    got = [sess.run(list(_SENS_OUTPUTS), f) for f in feeds]
+    return float(sum(np.mean((np.stack([g[j] for g in got]) - ref[o]) ** 2) / (ref[o].var() + 1e-12)
+                     for j, o in enumerate(_SENS_OUTPUTS)))
+
+
+def fp32_outputs(model_file: Path, feeds: list[dict]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    got = [sess.run(list(_SENS_OUTPUTS), f) for f in feeds]
+    return {o: np.stack([g[j] for g in got]) for j, o in enumerate(_SENS_OUTPUTS)}
+
+
+def sensitivity(src: Path, form: Form, names: list[str], feeds, sens_feeds, method: str, work: Path,
+                log: Callable[[str], None] = lambda m: None) -> dict[str, float]:
+    """Per node: output error vs fp32 when only that node is quantized (larger = more sensitive)."""
+    ref = fp32_outputs(src, sens_feeds)
+    out = {}
+    for i, name in enumerate(names):
+        f = build(src, work / "sens.onnx", form, feeds, method, only=[name], cache_dir=work)
+        out[name] = output_error(f, sens_feeds, ref)
+        if (i + 1) % 10 == 0 or i + 1 == len(names):
+            log(f"sensitivity {i + 1}/{len(names)}")
+    return out
+
+
+# -- the budget loop ------------------------------------------------------------------------------
+def fit_budget(fp32_scores: dict, try_excluding: Callable[[list[str]], dict], rank: Callable[[], list[str]],
+               max_drop: float, max_fp32_nodes: int, log: Callable[[str], None] = lambda m: None):
+    """Keep the most sensitive nodes in fp32, k at a time (k = 1, 2, 3, 5, 8, ...), then bisect to the
+    smallest k that fits. -> (k, ranking or [], scores at k, trials). Raises BudgetError when even
+    `max_fp32_nodes` kept nodes leave the drop above the budget."""
+    scores = try_excluding([])
+    trials = [{"kept_fp32": 0, "drop": round(accuracy_drop(fp32_scores, scores), 4)}]
+    log(f"int8 drop {trials[0]['drop']:.4f} with every node quantized (budget {max_drop:.4f})")
+    if accuracy_drop(fp32_scores, scores) <= max_drop:
+        return 0, [], scores, trials
+    order = rank()
+    limit = min(max_fp32_nodes, len(order))
+    results = {0: scores}
+
+    def attempt(k):
+        results[k] = try_excluding(order[:k])
+        d = accuracy_drop(fp32_scores, results[k])
+        trials.append({"kept_fp32": k, "drop": round(d, 4)})
+        log(f"  {k} node(s) kept in fp32: drop {d:.4f}")
+        return d <= max_drop
+
+    if limit == 0:
+        _fail(trials, max_drop, limit)
+    lo, k = 0, 1
+    while not attempt(k):
+        lo = k
+        if k >= limit:
+            _fail(trials, max_drop, limit)
+        k = min(limit, max(k + 1, math.ceil(k * 1.5)))
+    hi = k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if attempt(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi, order, results[hi], trials
+
+
+def _fail(trials, max_drop, limit):
+    best = min(trials, key=lambda t: t["drop"])
+    raise BudgetError(f"accuracy drop {best['drop'] * 100:.2f} points (best reached, with {best['kept_fp32']} node(s) "
+                      f"kept in fp32) exceeds the budget of {max_drop * 100:.2f} points with at most {limit} fp32 "
+                      "node(s) allowed (--max-fp32-nodes); nothing written")
+
+
+def model_bytes(path: Path) -> int:
+    return Path(path).stat().st_size
+
+
+def default_out(model: Path, suffix: str = "int8") -> Path:
+    model = Path(model)
+    stem = model.name[: -len(".tar")] if model.name.endswith(".tar") else model.name
+    return model.with_name(f"{stem}-{suffix}")
+
+
+def quantize_bundle(model=None, out=None, *, calib_samples: int = 100, calib_dir=None, method: str = "minmax",
+                    form: str = DEFAULT_FORM, max_drop: float = 0.01, max_fp32_nodes: int = 16,
+                    eval_samples: int = 500, threads: int | None = None, fuse: bool = False,
+                    log: Callable[[str], None] = lambda m: None) -> dict:
+    """Quantize a fp32 bundle to an int8 bundle at `out` within `max_drop`; -> the quantization report.
+
+    Raises BudgetError (and writes nothing) when the budget cannot be met.
+    """
+    if form not in FORMS:
+        raise BadInputError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
+    if method not in METHODS:
+        raise BadInputError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
+    src_b = B.open_bundle(model)
+    m = src_b.manifest
+    if m["format"] != "onnx" or m["precision"] != "fp32":
+        raise ModelError(f"{src_b.path} is a {m['format']}/{m['precision']} bundle; quantize takes an fp32 ONNX bundle")
+    out = Path(out) if out is not None else default_out(src_b.path if model is None else Path(model))
+    if out.resolve() == src_b.path.resolve():
+        raise BadInputError(f"the output {out} would replace the input bundle; pass another -o")
+    F, t0 = FORMS[form], time.time()
+    prep = _session(src_b.model_path, m, threads)
+    if calib_dir is not None:
+        feeds, calib_desc = folder_feeds(prep, calib_dir), {"kind": "folder", "path": str(calib_dir)}
+    else:
+        feeds = scene_feeds(prep, calib_samples)
+        calib_desc = {"kind": "generated scenes", "seed": CALIB_SEED, "scenes": calib_samples}
+    calib_desc["feeds"] = len(feeds)
+    if not F.calibrated:
+        calib_desc["used"] = f"not needed by form {form} (only for sensitivity)"
+    log(f"int8 {form} ({F.summary}): {src_b.path} -> {out}; calibration {len(feeds)} inputs from "
+        f"{calib_desc.get('path') or calib_desc['kind']} ({method}); budget {max_drop}, <= {max_fp32_nodes} fp32 "
+        f"nodes, {eval_samples} held-out scenes{', q/k/v fused' if fuse else ''}")
+
+    with tempfile.TemporaryDirectory(prefix="edge-slim-quantize-") as tmp:
+        work = Path(tmp)
+        src, fused = work / "fp32.onnx", 0
+        if fuse:
+            g, fused = fuse_parallel_linears(onnx.load(str(src_b.model_path)))
+            onnx.save(g, str(src))
+            log(f"fused {fused} groups of parallel linear layers (q/k/v, ...) into single MatMuls")
+        else:
+            src.write_bytes(src_b.model_path.read_bytes())
+        fp32_scores = task_scores(src, m, eval_samples, threads)
+        log(f"fp32 on {eval_samples} held-out scenes: VQA {fp32_scores['vqa_accuracy']:.4f}, match R@1 "
+            f"{fp32_scores['match_r1']:.4f}, locate {fp32_scores['locate_iou50']:.4f}")
+        names = candidates(onnx.load(str(src)), F)
+        cand = work / "int8.onnx"
+        sens: dict[str, float] = {}
+
+        def try_excluding(excl):
+            build(src, cand, F, feeds, method, exclude=excl, cache_dir=work)
+            return task_scores(cand, m, eval_samples, threads)
+
+        def rank():
+            log(f"measuring per-node sensitivity on {min(len(feeds), SENSITIVITY_FEEDS)} calibration inputs")
+            step = max(1, len(feeds) // SENSITIVITY_FEEDS)
+            sens.update(sensitivity(src, F, names, feeds, feeds[::step][:SENSITIVITY_FEEDS], method, work, log))
+            return sorted(names, key=lambda n: -sens[n])
+
+        k, order, int8_scores, trials = fit_budget(fp32_scores, try_excluding, rank, max_drop, max_fp32_nodes, log)
+        kept = order[:k]
+        build(src, cand, F, feeds, method, exclude=kept, cache_dir=work)
+        report = _report(form, method, calib_desc, fp32_scores, int8_scores, names, kept, sens, trials, max_drop,
+                         model_bytes(src_b.model_path), model_bytes(cand), eval_samples, _modules(src),
+                         strip_debug_info(onnx.load(str(src_b.model_path))).ByteSize())
+        report["fused_linear_groups"] = fused
+        report["quantized_from"] = {"name": m["name"], "model_sha256": m["files"][m["model_file"]]["sha256"]}
+        report["seconds"] = round(time.time() - t0, 1)
+        _write_bundle(out, cand, m, report, int8_scores)
+    sizes = {k: sum(f["bytes"] for f in B.open_bundle(p).manifest["files"].values()) + (p / B.MANIFEST).stat().st_size
+             for k, p in (("fp32", src_b.path), ("int8", out))}
+    log(f"wrote {out}: {sizes['int8'] / 1e6:.2f} MB bundle ({sizes['int8'] / sizes['fp32']:.3f} x fp32's), "
+        f"drop {report['drop'] * 100:.2f} points, {len(kept)} node(s) kept in fp32")
+    return {"bundle": str(out), **report, "bundle_bytes": sizes, "bundle_ratio": round(sizes["int8"] / sizes["fp32"], 4)}
+
+
+def _modules(path: Path) -> dict[str, str]:
+    return {n.name: module_of(n) for n in onnx.load(str(path)).graph.node}
+
+
+def _report(form, method, calib, fp32, int8, names, kept, sens, trials, max_drop, fp32_bytes, int8_bytes, samples,
+            modules, stripped_bytes):
+    med = float(np.median(list(sens.values()))) if sens else 0.0
+    why = {n: (f"{modules.get(n) or n}: sensitivity rank {i + 1} of {len(names)}, output error {sens[n]:.3g} with "
+               f"only this node int8 (median node {med:.3g}); kept so the accuracy drop fits {max_drop * 100:.2f} points")
+           for i, n in enumerate(kept)}
+    fams = sorted(set(fp32["per_family"]) | set(int8["per_family"]))
+    return {
+        "form": form, "summary": FORMS[form].summary, "method": method if FORMS[form].calibrated else "none (dynamic)",
+        "calibration": calib, "max_accuracy_drop": max_drop, "drop": round(accuracy_drop(fp32, int8), 4),
+        "eval": {"samples": samples, "seed": fp32["seed"],
+                 "fp32": {k: fp32[k] for k in HEADLINE}, "int8": {k: int8[k] for k in HEADLINE},
+                 "per_family": {f: {"fp32": fp32["per_family"].get(f), "int8": int8["per_family"].get(f)} for f in fams}},
+        "size": {"fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "ratio": round(int8_bytes / fp32_bytes, 4),
+                 "fp32_stripped_bytes": stripped_bytes, "ratio_vs_stripped_fp32": round(int8_bytes / stripped_bytes, 4)},
+        "quantized_nodes": len(names) - len(kept), "candidate_nodes": len(names),
+        "kept_fp32": list(kept), "kept_fp32_why": why, "fp32_by_design": FP32_BY_DESIGN, "budget_trials": trials,
+    }
+
+
+def _write_bundle(out: Path, model_file: Path, src_manifest: dict, report: dict, scores: dict) -> None:
+    import onnxruntime
+    with B.staging_dir(out) as tmp:
+        (tmp / "model.onnx").write_bytes(model_file.read_bytes())
+        man = {k: v for k, v in src_manifest.items() if k not in ("files", "source_model_sha256")}
+        man.update(name=f"{src_manifest['name']}-int8", precision="int8", model_file="model.onnx", eval=scores,
+                   quantization=report,
+                   toolchain={**(src_manifest.get("toolchain") or {}), "onnxruntime": onnxruntime.__version__})
+        B.write_manifest(tmp, man)

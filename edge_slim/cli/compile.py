@@ -1,0 +1,52 @@
+"""`edge-slim compile`: lower a bundle or any .onnx file with TVM into a compiled bundle."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import emit, json_option
+
+
+def _progress(ev: dict) -> None:
+    if ev["state"] == "start":
+        click.echo(f"[{ev['index']}/{ev['total']}] {ev['phase']:<9} ...", err=True, nl=False)
+        sys.stderr.flush()
+    else:
+        click.echo(f" {ev['seconds']:6.2f} s", err=True)
+
+
+@click.command("compile")
+@click.argument("model", required=False, metavar="[MODEL]")
+@click.option("--target", "-t", default="x86-64", show_default=True, help="Target name or alias (see `edge-slim targets`).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Default: the source graph's (an int8 graph compiles as int8; fp16 is for cuda).")
+@click.option("--output", "-o", "out", default=None, metavar="DIR", help="Compiled bundle directory to write.")
+@click.option("--tune-trials", type=click.IntRange(0, None), default=None,
+              help="MetaSchedule trials on top of the rules (database kept and reused per model+target).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
+              help="Fix an input's dynamic dimensions (bring-your-own .onnx).")
+@click.option("--cuda-arch", default=None, metavar="sm_XX", help="GPU architecture for the cuda target.")
+@click.option("--recipe", default=None, help="Recipe from compile/ (default: the target's).")
+@click.option("--debug-dump", default=None, metavar="DIR", help="Write the IR after each phase to DIR.")
+@click.option("--tuning-dir", default=None, metavar="DIR", help="Where tuning databases live.")
+@json_option
+def compile_cmd(model, target, precision, out, tune_trials, input_shapes, cuda_arch, recipe, debug_dump,
+                tuning_dir, as_json):
+    """Compile MODEL (a bundle or .onnx; default the shipped SlimPajama-Tiny) for a device."""
+    from ..aot.lower import compile_model, parse_shapes
+    from ..targets import get_target
+    tgt = get_target(target)
+    shapes = parse_shapes(input_shapes)
+    click.echo(f"edge-slim compile: model={model or '(shipped slimpajama-tiny)'} target={tgt.name} "
+               f"recipe={recipe or tgt.recipe} precision={precision or '(source)'}"
+               + (f" cuda-arch={cuda_arch or tgt.cuda_arch}" if tgt.kind == "cuda" else "")
+               + (f" tune-trials={tune_trials}" if tune_trials else ""), err=True)
+    m = compile_model(model, tgt.name, precision=precision, out=out, tune_trials=tune_trials, input_shapes=shapes,
+                      cuda_arch=cuda_arch, recipe=recipe, debug_dump=debug_dump, tuning_dir=tuning_dir,
+                      progress=None if as_json else _progress)
+    size = m["files"]["model.so"]["bytes"]
+    emit({"path": m["path"], "target": m["target"], "precision": m["precision"], "compile": m["compile"],
+          "bytes": size}, as_json,
+         f"wrote {m['path']} ({size / 1e6:.1f} MB, {m['compile']['seconds']:.1f} s, target {m['target']['name']}, "
+         f"{m['precision']})")

@@ -1,0 +1,260 @@
+"""TVM backend: runs a compiled bundle (model.so) through the Relax VM with the light runtime.
+
+No `import tvm`: the device needs apache-tvm-ffi (a 3 MB wheel) and libtvm_runtime.so (3.4 MB;
+plus libtvm_runtime_cuda.so for CUDA artifacts), not the 259 MB compiler. The runtime library is
+found at $EDGE_SLIM_TVM_RUNTIME (a file or a directory), else in an installed `tvm` package's lib/
+directory (located without importing it).
+
+Before anything is dlopen'ed: the bundle's checksums were verified by open_bundle, and the
+artifact's ELF machine, the CPU features it was built for, and (for CUDA) the driver are checked
+against this host, so a wrong artifact is refused with both sides named instead of crashing.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import BadInputError, MissingDependencyError, ModelError
+
+
+
+def _import_tvm_ffi():
+    """Import tvm_ffi without torch: tvm_ffi 0.1.14 imports torch eagerly when it is installed (a
+    Windows symbol-clash workaround), which costs seconds of cold start and drags torch into every
+    process that runs a compiled model. Unless torch is already loaded, hide it during the import."""
+    os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tvm_ffi tolerates
+    try:
+        import tvm_ffi as mod
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return mod
+
+
+try:
+    tvm_ffi = _import_tvm_ffi()
+except ImportError as e:  # backend_class turns this into "pip install 'edge-slim[tvm-runtime]'"
+    raise ImportError(e.msg, name="apache-tvm-ffi") from None
+
+ENV_RUNTIME = "EDGE_SLIM_TVM_RUNTIME"
+ELF_NAMES = {62: "x86-64", 183: "aarch64", 40: "arm", 243: "riscv"}
+HOST_ELF = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
+DEVICE_TYPES = {"cpu": 1, "cuda": 2}
+POOLED_ALLOCATOR = 2
+_LOAD_LOCK = threading.Lock()
+_THREADS_LOCK = threading.Lock()
+_loaded: dict[str, ctypes.CDLL] = {}
+
+
+def elf_machine(path: Path) -> int:
+    """The e_machine field of an ELF file (raises ModelError when it is not an ELF)."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise ModelError(f"{path} is not an ELF shared library")
+    return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+
+
+def runtime_dir() -> Path:
+    env = os.environ.get(ENV_RUNTIME)
+    if env:
+        p = Path(env)
+        return p.parent if p.is_file() else p
+    try:
+        spec = importlib.util.find_spec("tvm")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin:
+        d = Path(spec.origin).parent / "lib"
+        if (d / "libtvm_runtime.so").is_file():
+            return d
+    raise MissingDependencyError(
+        "the tvm backend needs libtvm_runtime.so: pip install apache-tvm==0.27.0.post1 (only its "
+        f"tvm/lib/libtvm_runtime.so is loaded), or set {ENV_RUNTIME} to the library's path")
+
+
+def _load_runtime(cuda: bool) -> None:
+    with _LOAD_LOCK:
+        names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if cuda else [])
+        for name in names:
+            if name in _loaded:
+                continue
+            lib = runtime_dir() / name
+            if not lib.is_file():
+                raise MissingDependencyError(f"{lib} is missing; the tvm backend needs it for this artifact")
+            try:
+                _loaded[name] = ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            except OSError as e:
+                raise MissingDependencyError(f"cannot load {lib}: {e}") from None
+
+
+def has_cuda_driver() -> bool:
+    """A CUDA driver that initializes (cuInit == CUDA_SUCCESS); a build-time stub has no cuInit."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        return hasattr(lib, "cuInit") and lib.cuInit(0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def host_cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.split(":")[0].strip().lower() in ("flags", "features"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def check_artifact(bundle) -> None:
+    """Refuse an artifact this host cannot run, naming the artifact's target and the host."""
+    m = bundle.manifest
+    tgt = m.get("target") or {}
+    lib = bundle.model_path
+    art = elf_machine(lib)
+    host = HOST_ELF.get(platform.machine().lower())
+    art_name = ELF_NAMES.get(art, f"ELF machine {art}")
+    host_name = ELF_NAMES.get(host, platform.machine())
+    if host is not None and art != host:
+        raise ModelError(f"{bundle.path} is built for {art_name} (target {tgt.get('name', '?')}); this host is "
+                         f"{host_name}: compile it with --target for this machine, or run it on the device")
+    if tgt.get("kind") == "cuda" and not has_cuda_driver():
+        raise ModelError(f"{bundle.path} is a CUDA artifact (target {tgt.get('name', '?')}, "
+                         f"{tgt.get('cuda_arch', '?')}); this host ({host_name}) has no CUDA driver "
+                         "(libcuda.so.1 not found): run it on the GPU machine or compile for a CPU target")
+    need = set(tgt.get("cpu_flags") or [])
+    have = host_cpu_flags()
+    if need and have and not need <= have:
+        raise ModelError(f"{bundle.path} is built for {tgt.get('name', '?')} and needs CPU features "
+                         f"{', '.join(sorted(need - have))}, which this host's CPU lacks: compile for a "
+                         "baseline target (x86-64) instead")
+
+
+_current_threads: list[int] = [0]
+
+
+def set_threads(n: int) -> None:
+    """TVM's CPU thread pool is process-wide; n threads from now on (a no-op if already so)."""
+    with _THREADS_LOCK:
+        if _current_threads[0] != int(n):
+            tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(n))  # 1: big cores (all on x86)
+            _current_threads[0] = int(n)
+
+
+class TvmBackend:
+    name = "tvm"
+
+    def __init__(self, bundle, threads: int | None = None):
+        m = bundle.manifest
+        if m["format"] != "tvm":
+            raise ModelError(f"{bundle.path} is a {m['format']} bundle; the tvm backend runs compiled bundles "
+                             "(make one with `edge-slim compile`)")
+        check_artifact(bundle)
+        kind = (m.get("target") or {}).get("kind", "cpu")
+        _load_runtime(cuda=kind == "cuda")
+        self.bundle = bundle
+        self.threads = threads
+        if threads:
+            set_threads(threads)
+        try:
+            self._lib = tvm_ffi.load_module(str(bundle.model_path))
+            self._vm = self._lib["vm_load_executable"]()
+            init = [DEVICE_TYPES[kind], 0, POOLED_ALLOCATOR]
+            if kind != "cpu":
+                init += [DEVICE_TYPES["cpu"], 0, POOLED_ALLOCATOR]  # the host runs shape functions
+            self._vm["vm_initialization"](*init)
+            self._main = self._vm["main"]
+        except Exception as e:  # tvm_ffi raises its own error types
+            raise ModelError(f"{bundle.model_path}: the TVM runtime cannot load it ({str(e).splitlines()[0]})") from None
+        self.device = tvm_ffi.device(kind, 0)
+        self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+        self._copy_in = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromBytes")
+        self._copy_out = tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")
+        self.inputs = m["inputs"]
+        self.output_names = [o["name"] for o in m["outputs"]]
+        # input tensors owned by the runtime (aligned as the kernels need), reused on every call
+        self._in = [self._alloc(tuple(i["shape"]), i["dtype"], self.device, "global") for i in self.inputs]
+        self._lock = threading.Lock()  # one VM: calls are serialized
+
+    def _check(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        arrs = []
+        for spec in self.inputs:
+            if spec["name"] not in feeds:
+                raise BadInputError(f"missing input {spec['name']!r} (the model takes "
+                                    f"{', '.join(i['name'] for i in self.inputs)})")
+            a = np.ascontiguousarray(feeds[spec["name"]], dtype=spec["dtype"])
+            if list(a.shape) != list(spec["shape"]):
+                raise BadInputError(f"input {spec['name']!r} has shape {list(a.shape)}; the compiled model "
+                                    f"takes {spec['shape']}")
+            arrs.append(a)
+        return arrs
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrs = self._check(feeds)
+        with self._lock:
+            if self.threads:
+                set_threads(self.threads)
+            for t, a in zip(self._in, arrs):
+                self._copy_in(t, ctypes.c_void_p(a.ctypes.data), a.nbytes)
+            res = self._main(*self._in)
+            outs = list(res) if not hasattr(res, "shape") else [res]
+            return {name: self._to_numpy(o) for name, o in zip(self.output_names, outs)}
+
+    def _to_numpy(self, t) -> np.ndarray:
+        if self.device.dlpack_device_type() == 1:
+            return np.array(np.from_dlpack(t), copy=True)
+        out = np.empty(tuple(t.shape), dtype=str(t.dtype))
+        self._copy_out(t, ctypes.c_void_p(out.ctypes.data), out.nbytes)
+        return out
+
+
+def run_bundle(path, inputs: dict[str, str], output_dir=None, backend: str = "auto",
+               threads: int | None = None) -> dict:
+    """Run any bundle (compiled or ONNX, tokenizer or not) on .npy inputs; outputs as .npy files.
+
+    (Generic over backends; lives here because `edge-slim run` exists for compiled bring-your-own
+    models. It belongs in edge_slim/runtime/ once that module exists.)
+    """
+    from .. import bundle as B
+    from . import backend_class
+    b = B.open_bundle(path)
+    name = backend if backend != "auto" else ("tvm" if b.manifest["format"] == "tvm" else "ort")
+    be = backend_class(name)(b, threads=threads)
+    feeds = {}
+    for spec in b.manifest["inputs"]:
+        if spec["name"] not in inputs:
+            raise BadInputError(f"missing --input {spec['name']}=FILE.npy (the model takes "
+                                f"{', '.join(i['name'] + str(i['shape']) for i in b.manifest['inputs'])})")
+    for k, f in inputs.items():
+        if k not in [i["name"] for i in b.manifest["inputs"]]:
+            raise BadInputError(f"--input {k}: the model has no input {k!r}")
+        try:
+            feeds[k] = np.load(f, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise BadInputError(f"--input {k}={f}: not a readable .npy file ({e})") from None
+    outs = be.run(feeds)
+    rows = []
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    for k, v in outs.items():
+        row = {"name": k, "shape": list(v.shape), "dtype": str(v.dtype)}
+        if output_dir is not None:
+            f = Path(output_dir) / f"{k}.npy"
+            np.save(f, v)
+            row["file"] = str(f)
+        else:
+            row["preview"] = np.array2string(v.ravel()[:8], precision=4)
+        rows.append(row)
+    return {"bundle": str(b.path), "backend": name, "outputs": rows}

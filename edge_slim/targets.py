@@ -1,0 +1,289 @@
+"""Target profiles (targets/*.toml) and compile recipes (compile/*.toml): data, read with tomllib.
+
+A target says what a device is (TVM target dict with its host set explicitly, host triple,
+cross compiler and the package that provides it, CUDA arch, vector ISA facts for the CPU rules);
+a recipe says how to compile for it (schedule rules, FastMath, prepacking, tuning budget).
+Unknown keys are rejected, so a typo in a profile fails loudly. Runtime-safe: no tvm import.
+
+A new device is a new file in targets/; see docs/targets.md.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = None
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BadInputError, ModelError
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_DIR = "EDGE_SLIM_DATA_DIR"   # a directory holding targets/ and compile/ (overrides the repo's)
+
+# key -> (type, required). Types are checked exactly (bool is not an int here).
+TARGET_KEYS: dict[str, tuple[type | tuple, bool]] = {
+    "name": (str, True), "aliases": (list, False), "description": (str, True),
+    "kind": (str, True), "recipe": (str, True), "cores": (int, False),
+    "host_triple": (str, True), "cc": (str, True), "cc_package": (str, True),
+    "vector_bits": (int, False), "vector_registers": (int, False), "cpu_flags": (list, False),
+    "cuda_arch": (str, False), "nvcc_package": (str, False),
+    "tvm": (dict, True), "tvm_host": (dict, False),
+}
+RECIPE_KEYS: dict[str, tuple[type | tuple, bool]] = {
+    "name": (str, True), "description": (str, True), "precision": (str, True),
+    "schedule": (str, True), "fast_math": (bool, True), "prepack_weights": (bool, True),
+    "tune_trials": (int, True),
+}
+# keys allowed in the [tvm] / [tvm_host] tables (a typo there would only fail deep inside TVM)
+TVM_KEYS = {"kind", "mtriple", "mcpu", "mattr", "mabi", "mfloat-abi", "num-cores", "arch", "max_num_threads",
+            "max_threads_per_block", "max_shared_memory_per_block", "thread_warp_size", "registers_per_block",
+            "libs", "opt-level", "fast-math"}
+KINDS = ("cpu", "cuda")
+SCHEDULES = ("cpu-rules", "dlight-gpu", "none")
+PRECISIONS = ("fp32", "fp16", "int8")
+# host triple -> (ELF e_machine, name); the runtime compares it with the host's
+ELF_MACHINES = {"x86_64-linux-gnu": (62, "x86-64"), "aarch64-linux-gnu": (183, "aarch64")}
+NVCC_CANDIDATES = ("nvcc", "/usr/local/cuda/bin/nvcc", "/usr/local/bin/nvcc")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    precision: str
+    schedule: str
+    fast_math: bool
+    prepack_weights: bool
+    tune_trials: int
+    path: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in RECIPE_KEYS}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    kind: str
+    recipe: str
+    host_triple: str
+    cc: str
+    cc_package: str
+    tvm: dict
+    aliases: tuple = ()
+    cores: int = 0
+    vector_bits: int = 128
+    vector_registers: int = 16
+    cpu_flags: tuple = ()
+    cuda_arch: str | None = None
+    nvcc_package: str | None = None
+    tvm_host: dict | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def elf_machine(self) -> tuple[int, str]:
+        return ELF_MACHINES[self.host_triple]
+
+    def tvm_target(self, cuda_arch: str | None = None, cores: int | None = None) -> dict:
+        """The dict for tvm.target.Target, host set explicitly (never a tag's default host)."""
+        n = cores if cores is not None else (self.cores or os.cpu_count() or 1)
+        if self.kind == "cpu":
+            return {**self.tvm, "num-cores": n}
+        host = {**(self.tvm_host or {}), "num-cores": n}
+        return {**self.tvm, "arch": cuda_arch or self.cuda_arch, "host": host}
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in TARGET_KEYS if getattr(self, k, None) is not None}
+        d["aliases"], d["cpu_flags"] = list(self.aliases), list(self.cpu_flags)
+        return d
+
+
+def data_dir(kind: str) -> Path:
+    """The directory of target profiles ('targets') or recipes ('compile'): $EDGE_SLIM_DATA_DIR,
+    else the source tree's top-level folder, else the copy an installed wheel carries."""
+    base = os.environ.get(ENV_DIR)
+    if base:
+        return Path(base) / kind
+    if (ROOT / kind).is_dir():
+        return ROOT / kind
+    return Path(__file__).resolve().parent / "data" / kind
+
+
+def _check_keys(d: dict, schema: dict, where: Path) -> None:
+    unknown = sorted(set(d) - set(schema))
+    if unknown:
+        raise ModelError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(schema)}")
+    for k, (typ, required) in schema.items():
+        if k not in d:
+            if required:
+                raise ModelError(f"{where}: missing required key {k!r}")
+            continue
+        v = d[k]
+        if type(v) is not typ:
+            raise ModelError(f"{where}: {k} must be a {typ.__name__}, not {type(v).__name__}")
+
+
+def _load_toml(path: Path) -> dict:
+    if tomllib is None:
+        raise ModelError("reading target profiles needs Python 3.11+ (tomllib)")
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ModelError(f"{path}: not a readable TOML file ({e})") from None
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    d = _load_toml(path)
+    _check_keys(d, RECIPE_KEYS, path)
+    if d["schedule"] not in SCHEDULES:
+        raise ModelError(f"{path}: schedule must be one of {', '.join(SCHEDULES)}")
+    if d["precision"] not in PRECISIONS:
+        raise ModelError(f"{path}: precision must be one of {', '.join(PRECISIONS)}")
+    if d["tune_trials"] < 0:
+        raise ModelError(f"{path}: tune_trials must be >= 0")
+    return Recipe(**d, path=path)
+
+
+def load_target_file(path: Path) -> Target:
+    d = _load_toml(path)
+    _check_keys(d, TARGET_KEYS, path)
+    if d["kind"] not in KINDS:
+        raise ModelError(f"{path}: kind must be one of {', '.join(KINDS)}")
+    if d["host_triple"] not in ELF_MACHINES:
+        raise ModelError(f"{path}: host_triple must be one of {', '.join(ELF_MACHINES)}")
+    for table in ("tvm", "tvm_host"):
+        extra = sorted(set(d.get(table, {})) - TVM_KEYS)
+        if extra:
+            raise ModelError(f"{path}: unknown key(s) {', '.join(extra)} in [{table}]; allowed: {', '.join(sorted(TVM_KEYS))}")
+    if "kind" not in d["tvm"]:
+        raise ModelError(f"{path}: [tvm] needs a kind")
+    if d["kind"] == "cuda":
+        if not d.get("cuda_arch") or not d.get("tvm_host"):
+            raise ModelError(f"{path}: a cuda target needs cuda_arch and a [tvm_host] table")
+        if d["tvm_host"].get("mtriple") != d["host_triple"]:
+            raise ModelError(f"{path}: [tvm_host] mtriple must equal host_triple")
+    elif d["tvm"].get("mtriple") != d["host_triple"]:
+        raise ModelError(f"{path}: [tvm] mtriple must equal host_triple")
+    if path.stem != d["name"]:
+        raise ModelError(f"{path}: the file must be named after the target ({d['name']}.toml)")
+    d["aliases"] = tuple(d.get("aliases", ()))
+    d["cpu_flags"] = tuple(d.get("cpu_flags", ()))
+    return Target(**d, path=path)
+
+
+def load_targets(directory: Path | None = None) -> dict[str, Target]:
+    """Every target profile by name; names and aliases must be unique."""
+    directory = directory or data_dir("targets")
+    out: dict[str, Target] = {}
+    seen: dict[str, str] = {}
+    for f in sorted(directory.glob("*.toml")):
+        t = load_target_file(f)
+        for key in (t.name, *t.aliases):
+            if key in seen:
+                raise ModelError(f"{f}: {key!r} is already used by target {seen[key]!r}")
+            seen[key] = t.name
+        out[t.name] = t
+    if not out:
+        raise ModelError(f"no target profiles found in {directory}")
+    return out
+
+
+def load_recipes(directory: Path | None = None) -> dict[str, Recipe]:
+    directory = directory or data_dir("compile")
+    out = {}
+    for f in sorted(directory.glob("*.toml")):
+        r = load_recipe_file(f)
+        if r.name in out or r.name != f.stem:
+            raise ModelError(f"{f}: recipe name must be unique and match the file name")
+        out[r.name] = r
+    return out
+
+
+def get_target(name: str, targets: dict[str, Target] | None = None) -> Target:
+    targets = targets or load_targets()
+    for t in targets.values():
+        if name == t.name or name in t.aliases:
+            return t
+    names = ", ".join(f"{t.name}" + (f" ({', '.join(t.aliases)})" if t.aliases else "") for t in targets.values())
+    raise BadInputError(f"unknown target {name!r}; choose from: {names}")
+
+
+def get_recipe(name: str, recipes: dict[str, Recipe] | None = None) -> Recipe:
+    recipes = recipes or load_recipes()
+    if name not in recipes:
+        raise BadInputError(f"unknown recipe {name!r}; choose from {', '.join(recipes)}")
+    return recipes[name]
+
+
+# ---------------------------------------------------------------- toolchains (never raise)
+def find_nvcc() -> str | None:
+    env = os.environ.get("NVCC")
+    if env and shutil.which(env):
+        return shutil.which(env)
+    for c in NVCC_CANDIDATES:
+        p = shutil.which(c)
+        if p:
+            return p
+    return None
+
+
+def toolchain_status(t: Target) -> dict:
+    """What building for `t` needs on this machine, what is found, and what to install."""
+    missing, found = [], {}
+    cc = shutil.which(t.cc)
+    found["cc"] = cc
+    if not cc:
+        missing.append(f"{t.cc}: install {t.cc_package}")
+    elif t.host_triple == "aarch64-linux-gnu" and not Path("/usr/aarch64-linux-gnu/include/stdio.h").exists():
+        missing.append("aarch64 C library headers: install libc6-dev-arm64-cross")
+    if t.kind == "cuda":
+        nvcc = find_nvcc()
+        found["nvcc"] = nvcc
+        if not nvcc:
+            missing.append(f"nvcc: install {t.nvcc_package}")
+        if not shutil.which("gcc"):
+            missing.append("gcc (host): builds the stub libcuda used at build time: apt-get install gcc")
+    try:
+        import importlib.util
+        has_tvm = importlib.util.find_spec("tvm") is not None
+    except (ImportError, ValueError):
+        has_tvm = False
+    if not has_tvm:
+        missing.append("the TVM compiler: pip install 'edge-slim[tvm]' (apache-tvm)")
+    return {"ready": not missing, "found": found, "missing": missing}
+
+
+def host_triple() -> str | None:
+    m = platform.machine().lower()
+    return {"x86_64": "x86_64-linux-gnu", "amd64": "x86_64-linux-gnu",
+            "aarch64": "aarch64-linux-gnu", "arm64": "aarch64-linux-gnu"}.get(m)
+
+
+def cpu_flags() -> set[str]:
+    """The host CPU's feature flags from /proc/cpuinfo (empty if unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key = line.split(":")[0].strip().lower()
+        if key in ("flags", "features"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def describe() -> list[dict]:
+    """One entry per target for `edge-slim targets`: profile, recipe, toolchain status."""
+    out = []
+    for t in load_targets().values():
+        st = toolchain_status(t)
+        out.append({"name": t.name, "aliases": list(t.aliases), "kind": t.kind, "description": t.description,
+                    "host_triple": t.host_triple, "cuda_arch": t.cuda_arch, "recipe": t.recipe,
+                    "tvm_target": t.tvm_target(cores=t.cores or 0), **st})
+    return out

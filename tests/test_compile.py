@@ -1,0 +1,338 @@
+"""`edge-slim compile`: real TVM compilation of SlimPajama (and tiny bring-your-own graphs).
+
+Each model+target is compiled once per test session (`compiled()` below is memoized; the
+tvm backend tests import it). The source is the shipped bundle when it exists, else a
+random-init SlimPajama exported with torch (same graph structure).
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
+onnx = pytest.importorskip("onnx")
+
+from edge_slim import targets as T  # noqa: E402
+from edge_slim.errors import BadInputError, MissingDependencyError, ModelError  # noqa: E402
+from edge_slim.runtime import bundle as B  # noqa: E402
+
+WORK = Path(tempfile.mkdtemp(prefix="edge-slim-test-compile-"))
+atexit.register(shutil.rmtree, WORK, True)
+ELF_X86, ELF_AARCH64 = 62, 183
+FATBIN_MAGIC = (0xBA55ED50).to_bytes(4, "little")
+
+
+def has_cc(target: str) -> bool:
+    return T.toolchain_status(T.get_target(target))["ready"]
+
+
+@functools.lru_cache(maxsize=None)
+def source_bundle() -> Path:
+    """$EDGE_SLIM_TEST_BUNDLE, else the shipped SlimPajama-Tiny bundle, else a random-init one
+    exported here (once)."""
+    import os
+    for cand in (os.environ.get("EDGE_SLIM_TEST_BUNDLE"), B.default_model_dir()):
+        if cand and (Path(cand) / B.MANIFEST).exists():
+            return Path(cand)
+    torch = pytest.importorskip("torch", reason="no shipped bundle and no torch to export one")
+    from edge_slim.aot.export import export_bundle
+    from edge_slim.aot.model import Config, SlimPajama
+    torch.manual_seed(0)
+    export_bundle(SlimPajama(Config()).eval(), WORK / "src-bundle")
+    return WORK / "src-bundle"
+
+
+@functools.lru_cache(maxsize=None)
+def int8_graph(form: str) -> Path:
+    """An int8 SlimPajama graph: 'dynamic' (ORT quantize_dynamic: DynamicQuantizeLinear +
+    MatMulInteger) or 'weights' (weight-only: DequantizeLinear on per-channel int8 weights)."""
+    src = source_bundle() / "model.onnx"
+    out = WORK / f"int8-{form}.onnx"
+    if form == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+    else:
+        onnx.save(weight_only_int8(onnx.load(str(src))), str(out))
+    return out
+
+
+def weight_only_int8(m):
+    """MatMul/Gemm weights -> int8 initializers + per-output-channel DequantizeLinear."""
+    from onnx import helper, numpy_helper
+    inits = {i.name: i for i in m.graph.initializer}
+    new_nodes = []
+    for n in m.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2:
+            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)           # [K, N]
+            scale = np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0                     # per column
+            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            base = n.input[1]
+            m.graph.initializer.remove(inits[base])
+            m.graph.initializer.extend([numpy_helper.from_array(q, base + "_q"),
+                                        numpy_helper.from_array(scale.astype(np.float32), base + "_s"),
+                                        numpy_helper.from_array(np.zeros_like(q[0]), base + "_z")])
+            new_nodes.append(helper.make_node("DequantizeLinear", [base + "_q", base + "_s", base + "_z"], [base],
+                                              axis=1, name=base + "_dq"))
+        new_nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(new_nodes)
+    return m
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(target: str = "x86-64", source: str = "bundle", **kw) -> Path:
+    from edge_slim.aot.lower import compile_model
+    src = source_bundle() if source == "bundle" else int8_graph(source)
+    extra = "-".join(f"{k}{v}" for k, v in sorted(kw.items()))
+    out = WORK / f"{target}-{source}{'-' + extra if extra else ''}"
+    compile_model(src, target, out=out, **kw)
+    return out
+
+
+def elf_machine(p: Path) -> int:
+    from edge_slim.runtime.backends.tvm_backend import elf_machine as em
+    return em(p)
+
+
+def sample_inputs(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        tok = rng.integers(5, 44, (1, 16)).astype(np.int64)
+        tok[0, 0] = 2
+        tok[0, int(rng.integers(3, 16)):] = 0
+        yield {"image": rng.standard_normal((1, 3, 96, 96)).astype(np.float32), "tokens": tok}
+
+
+# ---------------------------------------------------------------- x86
+def test_x86_bundle_manifest_and_checksums():
+    out = compiled("x86-64")
+    b = B.open_bundle(out)  # verifies every checksum
+    m = b.manifest
+    assert m["format"] == "tvm" and m["model_file"] == "model.so"
+    assert m["target"]["name"] == "x86-64" and m["target"]["host_triple"] == "x86_64-linux-gnu"
+    assert m["target"]["tvm"]["mcpu"] == "x86-64-v3"
+    assert m["toolchain"]["tvm"].startswith("0.27") and m["toolchain"]["cc"]
+    from edge_slim.aot.lower import PHASES
+    assert [p["phase"] for p in m["compile"]["phases"]] == [name for name, _ in PHASES]
+    assert m["compile"]["flags"]["kernels_scheduled"] == m["compile"]["flags"]["kernels"]  # the rules cover all
+    src = source_bundle()
+    assert m["source_model_sha256"] == B.sha256_file(src / "model.onnx")
+    s = json.loads((src / B.MANIFEST).read_text())
+    for k in ("config", "inputs", "outputs", "tokenizer", "answers", "preprocess"):
+        assert m[k] == s[k]
+    assert elf_machine(b.model_path) == ELF_X86
+
+
+def test_debug_dump_writes_ir_per_phase(tmp_path):
+    from edge_slim.aot.lower import compile_model
+    src = tiny_onnx(tmp_path)
+    compile_model(src, "x86-64", out=tmp_path / "out", debug_dump=tmp_path / "dump", input_shapes={"x": [1, 3, 16, 16]})
+    names = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    assert names[:4] == ["02-import.txt", "03-graph.txt", "04-schedule.txt", "05-prepack.txt"]
+    assert "T.prim_func" in (tmp_path / "dump" / "04-schedule.txt").read_text()
+
+
+# ---------------------------------------------------------------- bring your own model
+def tiny_onnx(tmp_path: Path, batch: str | int = "N") -> Path:
+    """Conv -> Relu -> a Reshape whose target is computed at run time (Shape/Gather/Concat),
+    as exporters often write it; dynamic batch."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Shape", ["r"], ["s"]),
+         helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+         helper.make_node("Concat", ["n", "minus1"], ["shape"], axis=0),
+         helper.make_node("Reshape", ["r", "shape"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, None])],
+        [w, b, numpy_helper.from_array(np.array([0], np.int64), "zero"),
+         numpy_helper.from_array(np.array([-1], np.int64), "minus1")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    p = tmp_path / "tiny.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
+def test_byo_onnx_with_input_shape_and_run(tmp_path):
+    """compile a bare .onnx with --input-shape, then `edge-slim run` it on .npy files."""
+    from click.testing import CliRunner
+    from edge_slim.cli.main import cli
+    src = tiny_onnx(tmp_path)
+    out = tmp_path / "tiny-x86"
+    r = CliRunner().invoke(cli, ["compile", str(src), "--target", "x86-64", "-o", str(out),
+                                 "--input-shape", "x=2,3,16,16", "--json"])
+    assert r.exit_code == 0, r.output
+    m = B.open_bundle(out).manifest
+    assert m["inputs"] == [{"name": "x", "shape": [2, 3, 16, 16], "dtype": "float32"}]
+    assert m["tokenizer"] is None and m["answers"] is None
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = CliRunner().invoke(cli, ["run", str(out), "--input", f"x={tmp_path / 'x.npy'}",
+                                 "--output-dir", str(tmp_path / "res"), "--json"])
+    assert r.exit_code == 0, r.output
+    got = np.load(tmp_path / "res" / "y.npy")
+    import onnxruntime as ort
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.shape == ref.shape == (2, 8 * 16 * 16)
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_dynamic_dims_need_input_shape(tmp_path):
+    from edge_slim.aot.lower import compile_model
+    with pytest.raises(BadInputError, match=r"--input-shape x=1,3,16,16"):
+        compile_model(tiny_onnx(tmp_path), "x86-64", out=tmp_path / "o")
+
+
+def test_unsupported_operators_are_listed_all_at_once(tmp_path):
+    from onnx import TensorProto, helper
+    from edge_slim.aot.lower import compile_model
+    v = helper.make_tensor_value_info
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("GRU", ["a", "a", "a"], ["b"]),
+         helper.make_node("LSTM", ["b", "b", "b"], ["c"]), helper.make_node("LSTM", ["c", "c", "c"], ["d"]),
+         helper.make_node("FusedMatMul", ["d", "d"], ["y"], domain="com.microsoft")],
+        "bad", [v("x", TensorProto.FLOAT, [1, 4])], [v("y", TensorProto.FLOAT, [1, 4])])
+    p = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]),
+              str(p))
+    with pytest.raises(ModelError) as e:
+        compile_model(p, "x86-64", out=tmp_path / "o")
+    msg = str(e.value)
+    assert "GRU (1 node)" in msg and "LSTM (2 nodes)" in msg and "com.microsoft.FusedMatMul" in msg
+    assert "Relu" not in msg
+
+
+def test_missing_cross_compiler_names_the_package(monkeypatch, tmp_path):
+    from edge_slim.aot.lower import compile_model
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compilers at all
+    monkeypatch.setattr(T, "NVCC_CANDIDATES", ("nvcc",))
+    monkeypatch.delenv("NVCC", raising=False)
+    with pytest.raises(MissingDependencyError, match="gcc-aarch64-linux-gnu"):
+        compile_model(None, "rpi5", out=tmp_path / "o")
+    with pytest.raises(MissingDependencyError, match="nvcc"):
+        compile_model(None, "jetson", out=tmp_path / "o")
+
+
+def test_fp32_graph_with_int8_precision_is_refused(tmp_path):
+    from edge_slim.aot.lower import compile_model
+    with pytest.raises(BadInputError, match="edge-slim quantize"):
+        compile_model(source_bundle(), "x86-64", precision="int8", out=tmp_path / "o")
+
+
+# ---------------------------------------------------------------- int8
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["dynamic", "weights"])
+def test_int8_keeps_weights_int8_and_matches_ort(form):
+    import onnxruntime as ort
+    from edge_slim.runtime.backends.tvm_backend import TvmBackend
+    out = compiled("x86-64", form)
+    b = B.open_bundle(out)
+    assert b.manifest["precision"] == "int8"
+    fp32_size = B.open_bundle(compiled("x86-64")).model_path.stat().st_size
+    assert b.model_path.stat().st_size < 0.6 * fp32_size  # int8 weights, not folded back to fp32
+    be = TvmBackend(b, threads=1)
+    # The oracle is the graph's own semantics: ONNX Runtime with its graph optimizer off. (With it on,
+    # ORT rewrites DequantizeLinear+MatMul into its own int8 kernels: 0.07 off on trained logits.)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(int8_graph(form)), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    agree = 0
+    for feeds in sample_inputs(8, seed=3):
+        ref = dict(zip(names, sess.run(None, feeds)))
+        got = be.run(feeds)
+        err = float(np.abs(got["answer_logits"] - ref["answer_logits"]).max())
+        scale = max(1.0, float(np.abs(ref["answer_logits"]).max()))
+        # weight-only: the same fp32 arithmetic. dynamic: activations are rounded to uint8 at run time,
+        # and a last-bit difference upstream can move a value across a rounding step.
+        assert err < (1e-3 if form == "weights" else 0.02 * scale), err
+        agree += int(got["answer_logits"].argmax() == ref["answer_logits"].argmax())
+    assert agree >= 7
+
+
+# ---------------------------------------------------------------- ARM and Jetson (cross)
+@pytest.mark.slow
+@pytest.mark.skipif(not has_cc("rpi5"), reason="no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu "
+                    "libc6-dev-arm64-cross)")
+@pytest.mark.parametrize("target", ["rpi5"])
+def test_arm_artifact_is_aarch64_elf(target):
+    out = compiled(target)
+    b = B.open_bundle(out)
+    assert elf_machine(b.model_path) == ELF_AARCH64
+    assert b.manifest["target"]["tvm"]["mcpu"] == "cortex-a76"
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump:  # the rules vectorize: NEON fused multiply-adds on 4 fp32 lanes
+        asm = subprocess.run([objdump, "-d", str(b.model_path)], capture_output=True, text=True).stdout
+        assert asm.count("fmla\tv") > 200
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_cc("jetson"), reason="needs the aarch64 cross compiler and nvcc")
+def test_jetson_artifact_carries_sm87_cubin():
+    out = compiled("jetson")
+    b = B.open_bundle(out)
+    assert b.manifest["target"]["cuda_arch"] == "sm_87"
+    assert b.manifest["target"]["tvm"]["host"]["mcpu"] == "cortex-a78"
+    data = b.model_path.read_bytes()
+    assert elf_machine(b.model_path) == ELF_AARCH64
+    assert FATBIN_MAGIC in data, "no fatbin: the library holds CUDA source instead of a cubin"
+    assert b"__global__" not in data and b"extern \"C\" __global__" not in data
+    i = data.index(FATBIN_MAGIC)
+    header, body = int.from_bytes(data[i + 6:i + 8], "little"), int.from_bytes(data[i + 8:i + 16], "little")
+    cuobjdump = find_cuobjdump()
+    if cuobjdump:
+        fat = Path(tempfile.mkdtemp(dir=WORK)) / "kernels.fatbin"
+        fat.write_bytes(data[i:i + header + body])
+        listed = subprocess.run([cuobjdump, "--list-elf", str(fat)], capture_output=True, text=True)
+        assert listed.returncode == 0 and "sm_87" in listed.stdout, listed.stdout + listed.stderr
+
+
+def find_cuobjdump() -> str | None:
+    """cuobjdump from PATH, the CUDA toolkit, or PyPI's nvidia-cuda-cuobjdump."""
+    import importlib.util
+    found = shutil.which("cuobjdump") or next((str(p) for p in Path("/usr/local").glob("cuda*/bin/cuobjdump")), None)
+    if found:
+        return found
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for p in Path(root).glob("*/bin/cuobjdump"):
+            return str(p)
+    return None
+
+
+def test_cli_compile_help_lists_options():
+    from click.testing import CliRunner
+    from edge_slim.cli.main import cli
+    r = CliRunner().invoke(cli, ["compile", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--target", "--precision", "--tune-trials", "--input-shape", "--debug-dump", "--json"):
+        assert opt in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(any(__import__("importlib").util.find_spec(m) is None for m in ("psutil", "cloudpickle", "xgboost")),
+                    reason="MetaSchedule tuning needs psutil, cloudpickle, xgboost (pip install 'edge-slim[tvm]')")
+def test_tuning_database_is_kept_and_reused(tmp_path):
+    """A few MetaSchedule trials on a tiny model: the database is written, and a second compile
+    applies it without tuning (same model + target)."""
+    from edge_slim.aot.lower import compile_model
+    src = tiny_onnx(tmp_path)
+    shapes = {"x": [1, 3, 16, 16]}
+    m1 = compile_model(src, "x86-64", out=tmp_path / "a", tune_trials=8, input_shapes=shapes, tuning_dir=tmp_path / "db")
+    db = Path(m1["compile"]["flags"]["tuning_database"])
+    assert (db / "database_tuning_record.json").stat().st_size > 0
+    m2 = compile_model(src, "x86-64", out=tmp_path / "b", input_shapes=shapes, tuning_dir=tmp_path / "db")
+    assert m2["compile"]["flags"]["tuning_database"] == str(db)
+    assert "tune_trials" not in m2["compile"]["flags"]
