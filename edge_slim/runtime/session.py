@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import BadInputError, ModelError
 from ..text.tokenizer import Tokenizer
-from ..vision.preprocess import ImageLike, load_image, normalize
+from ..vision.preprocess import ImageLike, prepare
 from .backends import available, backend_class
 from .bundle import Bundle
 
@@ -86,11 +86,8 @@ class Session:
     # -- inputs ------------------------------------------------------------------------------
     def prepare_image(self, image: ImageLike) -> tuple[np.ndarray, tuple[int, int]]:
         """-> (model input [1,3,S,S], (width, height) of the decoded image)."""
-        img = load_image(image)
-        wh = img.size
-        if wh != (self.size, self.size):
-            img = img.resize((self.size, self.size), 2)  # PIL.Image.BILINEAR, as in training
-        return normalize(np.asarray(img))[None], wh
+        x, wh = prepare(image, self.size)
+        return x[None], wh
 
     def _tokens(self, text: str, task: str) -> np.ndarray:
         return self.tokenizer.encode(text, task)[None]

@@ -103,12 +103,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def prepare(image: ImageLike, size: int = IMAGE_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Any image -> (float32 [3, size, size] resized (bilinear) and normalised, (width, height) decoded)."""
+    img = load_image(image)
+    wh = img.size
+    if wh != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return normalize(np.asarray(img)), wh
+
+
 def to_model_input(image: ImageLike, size: int = IMAGE_SIZE) -> np.ndarray:
     """Any image -> float32 [3, size, size], resized (bilinear) and normalised."""
-    img = load_image(image)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    return normalize(np.asarray(img))
+    return prepare(image, size)[0]
 
 
 def normalize(rgb_u8: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BadInputError, MissingDependencyError, ModelError
+from ...targets import ELF_MACHINES, cpu_flags, host_triple
 
 
 
@@ -48,7 +49,6 @@ except ImportError as e:  # backend_class turns this into "pip install 'edge-sli
 
 ENV_RUNTIME = "EDGE_SLIM_TVM_RUNTIME"
 ELF_NAMES = {62: "x86-64", 183: "aarch64", 40: "arm", 243: "riscv"}
-HOST_ELF = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
 DEVICE_TYPES = {"cpu": 1, "cuda": 2}
 POOLED_ALLOCATOR = 2
 _LOAD_LOCK = threading.Lock()
@@ -107,24 +107,13 @@ def has_cuda_driver() -> bool:
         return False
 
 
-def host_cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.split(":")[0].strip().lower() in ("flags", "features"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def check_artifact(bundle) -> None:
     """Refuse an artifact this host cannot run, naming the artifact's target and the host."""
     m = bundle.manifest
     tgt = m.get("target") or {}
     lib = bundle.model_path
     art = elf_machine(lib)
-    host = HOST_ELF.get(platform.machine().lower())
+    host = ELF_MACHINES.get(host_triple(), (None,))[0]
     art_name = ELF_NAMES.get(art, f"ELF machine {art}")
     host_name = ELF_NAMES.get(host, platform.machine())
     if host is not None and art != host:
@@ -135,7 +124,7 @@ def check_artifact(bundle) -> None:
                          f"{tgt.get('cuda_arch', '?')}); this host ({host_name}) has no CUDA driver "
                          "(libcuda.so.1 not found): run it on the GPU machine or compile for a CPU target")
     need = set(tgt.get("cpu_flags") or [])
-    have = host_cpu_flags()
+    have = cpu_flags()
     if need and have and not need <= have:
         raise ModelError(f"{bundle.path} is built for {tgt.get('name', '?')} and needs CPU features "
                          f"{', '.join(sorted(need - have))}, which this host's CPU lacks: compile for a "
