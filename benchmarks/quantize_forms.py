@@ -1,8 +1,10 @@
 """Compare int8 forms of SlimPajama against fp32 in ONNX Runtime on this machine (issue 5).
 
 Builds every form in edge_slim.aot.quantize.FORMS from one fp32 bundle, then times all of them
-interleaved in one process (each round runs every model once, in a fresh random order), at
-1 and 2 threads. Prints and optionally writes: median and minimum ms per form, their ratios to
+in one process, at 1 and 2 threads: interleaved (each round runs every model once, in a fresh random
+order; caches see the other models' weights in between, as in an app that does other work between
+calls) or, with --block N, N consecutive calls per model per round (warm caches, ORT's thread pool
+left spinning as it is by default; the first calls of each block are not counted). Prints and optionally writes: median and minimum ms per form, their ratios to
 fp32, model size, and the CPU's lscpu model name and flags (ratios differ between CPUs).
 
     python benchmarks/quantize_forms.py --model edge_slim/models/slimpajama-tiny --rounds 400 --json out.json
@@ -36,28 +38,32 @@ def cpu_info() -> dict:
             "model": kv.get("Model", "").strip(), "cpus": kv.get("CPU(s)", "").strip(), "simd_flags": keep}
 
 
-def make_session(path: Path, threads: int) -> ort.InferenceSession:
+def make_session(path: Path, threads: int, spin: bool) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    if threads > 1:
+    if threads > 1 and not spin:
         # interleaved sessions: an idle pool that keeps spinning steals the core from the session being timed
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def bench(models: dict[str, Path], feeds: list[dict], threads: int, rounds: int, warmup: int = 20) -> dict:
-    sess = {k: make_session(p, threads) for k, p in models.items()}
+def bench(models: dict[str, Path], feeds: list[dict], threads: int, rounds: int, block: int = 1,
+          warmup: int | None = None) -> dict:
+    warmup = (20 if block == 1 else 2) if warmup is None else warmup
+    sess = {k: make_session(p, threads, spin=block > 1) for k, p in models.items()}
     times = {k: [] for k in sess}
     names = list(sess)
+    skip = 0 if block == 1 else max(1, block // 10)   # calls that still pay for the switch between models
     for r in range(warmup + rounds):
         random.shuffle(names)
-        f = feeds[r % len(feeds)]
         for k in names:
-            t = time.perf_counter()
-            sess[k].run(None, f)
-            if r >= warmup:
-                times[k].append((time.perf_counter() - t) * 1000)
+            for i in range(block):
+                f = feeds[(r * block + i) % len(feeds)]
+                t = time.perf_counter()
+                sess[k].run(None, f)
+                if r >= warmup and i >= skip:
+                    times[k].append((time.perf_counter() - t) * 1000)
     med0, min0 = np.median(times["fp32"]), np.min(times["fp32"])
     return {k: {"p50_ms": round(float(np.median(v)), 4), "min_ms": round(float(np.min(v)), 4),
                 "p50_ratio": round(float(np.median(v) / med0), 3), "min_ratio": round(float(np.min(v) / min0), 3)}
@@ -69,6 +75,7 @@ def main():
     ap.add_argument("--model", default=None, help="fp32 bundle (default: the shipped SlimPajama-Tiny)")
     ap.add_argument("--forms", default=",".join(Q.FORMS), help="comma-separated forms")
     ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--block", type=int, default=1, help="consecutive calls per model per round (1 = interleaved)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--calib-samples", type=int, default=50)
     ap.add_argument("--fuse", choices=["both", "on", "off"], default="both",
@@ -94,12 +101,13 @@ def main():
                 models[name + tag] = Q.build(src, Path(tmp) / f"{name}{tag}.onnx", Q.FORMS[name], feeds,
                                              cache_dir=Path(tmp) / f"cache{tag}")
         sizes = {k: p.stat().st_size for k, p in models.items()}
-        res = {"cpu": cpu_info(), "onnxruntime": ort.__version__, "rounds": a.rounds, "model": str(s.bundle.path),
+        res = {"cpu": cpu_info(), "onnxruntime": ort.__version__, "rounds": a.rounds, "block": a.block, "model": str(s.bundle.path),
                "size_ratio": {k: round(v / sizes["fp32"], 4) for k, v in sizes.items()}, "threads": {}}
         for t in (int(x) for x in a.threads.split(",")):
-            res["threads"][t] = bench(models, feeds[:30], t, a.rounds)
+            res["threads"][t] = bench(models, feeds[:30], t, a.rounds, a.block)
     print(f"{res['cpu'].get('model_name')} (family {res['cpu'].get('family')} model {res['cpu'].get('model')}), "
-          f"ORT {res['onnxruntime']}, {a.rounds} interleaved rounds")
+          f"ORT {res['onnxruntime']}, {a.rounds} rounds, "
+          + ("interleaved" if a.block == 1 else f"blocks of {a.block} calls"))
     print(f"{'form':22s} {'size':>6s} " + " ".join(f"{t}t p50 ms  ratio  min-ratio" for t in res["threads"]))
     for k in models:
         row = " ".join(f"{res['threads'][t][k]['p50_ms']:9.3f} {res['threads'][t][k]['p50_ratio']:6.3f} "

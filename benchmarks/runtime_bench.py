@@ -1,7 +1,10 @@
 """Side-by-side latency of the runtime backends on one bundle, interleaved in one process.
 
     python benchmarks/runtime_bench.py [--model DIR] [--backends ort,numpy] [--threads 1,2] [--runs 200]
+                                       [--compiled DIR ...]
 
+--compiled adds a compiled bundle (from `edge-slim compile`), run by the tvm backend, beside the
+ONNX bundle's backends: that is how BENCHMARKS.md compares TVM artifacts with ONNX Runtime.
 Each round runs every (backend, threads) pair once on the same inputs, in a rotating order, so a
 noisy machine slows all of them alike; the table reports p50, p90 and min per pair and the ratio of
 medians (and of minima) to the first pair. Prints the CPU model and its vector flags.
@@ -31,10 +34,15 @@ def main(argv=None):
     ap.add_argument("--backends", default="ort,numpy")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--compiled", action="append", default=[], help="a compiled bundle to add (tvm backend)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    pairs = [(b, int(t)) for b in a.backends.split(",") for t in a.threads.split(",")]
-    sessions = {p: edge_slim.load(a.model, backend=p[0], threads=p[1]) for p in pairs}
+    threads = [int(t) for t in a.threads.split(",")]
+    # a pair is (label, threads); the label names the backend, and the artifact for compiled bundles
+    models = {b: (a.model, b) for b in a.backends.split(",")}
+    models.update({f"tvm:{c.rstrip('/').split('/')[-1]}": (c, "tvm") for c in a.compiled})
+    pairs = [(label, t) for label in models for t in threads]
+    sessions = {p: edge_slim.load(models[p[0]][0], backend=models[p[0]][1], threads=p[1]) for p in pairs}
     s0 = sessions[pairs[0]]
     x, _ = s0.prepare_image("examples/images/scene0.png")
     feeds = {"image": x, "tokens": s0._tokens("what color is the large cylinder?", "ask")}

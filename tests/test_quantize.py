@@ -61,7 +61,8 @@ def bundle_here(src_bundle, tmp_path):
 
 
 # -- forms ----------------------------------------------------------------------------------------
-EXPECTED_OPS = {"dynamic-qconv": {"QLinearConv", "MatMulInteger"}, "dynamic-wconv": {"DequantizeLinear", "MatMulInteger"},
+EXPECTED_OPS = {"dynamic-qconv-rgb32": {"QLinearConv", "MatMulInteger", "Conv"},
+                "dynamic-qconv": {"QLinearConv", "MatMulInteger"}, "dynamic-wconv": {"DequantizeLinear", "MatMulInteger"},
                 "dynamic": {"MatMulInteger"}, "dynamic-conv": {"ConvInteger", "MatMulInteger"},
                 "static-qdq-u8": {"QuantizeLinear", "DequantizeLinear"}, "static-qdq-s8": {"QuantizeLinear"},
                 "static-qop-u8": {"QLinearConv", "QLinearMatMul"}, "weight-only": {"DequantizeLinear"}}
@@ -90,6 +91,24 @@ def test_excluded_nodes_stay_fp32_including_gemm(src_bundle, feeds, tmp_path):
     ops = {n.name: n.op_type for n in g.node}
     assert ops.get(conv) == "Conv"
     assert ops.get(gemm + "_MatMul") == "MatMul"  # the dynamic quantizer's own rewrite of the Gemm, left in fp32
+
+
+def test_rgb32_form_keeps_only_the_image_conv_fp32(src_bundle, feeds, tmp_path):
+    src = src_bundle / "model.onnx"
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    rgb = [n.name for n in model.graph.node if n.op_type == "Conv" and inits[n.input[1]].dims[1] == 3]
+    form = Q.FORMS["dynamic-qconv-rgb32"]
+    assert len(rgb) == 1 and rgb[0] not in Q.candidates(model, form)  # fp32 by rule, not a budget choice
+    assert set(convs) - set(rgb) <= set(Q.candidates(model, form))
+    g = onnx.load(str(Q.build(src, tmp_path / "q.onnx", form, feeds))).graph
+    ops = [n.op_type for n in g.node]
+    assert ops.count("Conv") == 1 and ops.count("QLinearConv") == len(convs) - 1
+    # a sensitivity build of one linear node leaves every conv fp32
+    mm = next(n for n in Q.candidates(model, form) if n not in convs)
+    ops = [n.op_type for n in onnx.load(str(Q.build(src, tmp_path / "one.onnx", form, feeds, only=[mm]))).graph.node]
+    assert ops.count("Conv") == len(convs) and "QLinearConv" not in ops
 
 
 def test_fuse_parallel_linears_keeps_the_function(src_bundle, feeds, tmp_path):

@@ -63,7 +63,9 @@ def test_export_parity_and_contract(tmp_path):
     assert res["parity_max_abs_diff"] < 1e-4
     import onnx
     g = onnx.load(str(tmp_path / "b" / "model.onnx"))
-    assert g.opset_import[0].version >= 17
+    assert g.opset_import[0].version >= 20
+    ops = [n.op_type for n in g.graph.node]
+    assert "Erf" not in ops and ops.count("Gelu") >= 4  # one node per GELU (the 5-node erf chain is ~17 % slower)
     assert [i.name for i in g.graph.input] == ["image", "tokens"]
     assert [o.name for o in g.graph.output] == ["answer_logits", "match_logit", "box", "box_score", "image_embed", "text_embed"]
     for i in g.graph.input:  # static shapes

@@ -16,7 +16,9 @@ from ..scenes.grammar import ANSWERS, SYNONYMS, vocabulary
 from ..vision import preprocess as P
 from .model import INPUT_NAMES, OUTPUT_NAMES, SlimPajama
 
-OPSET = 18
+# Opset 20 has a Gelu op: the exporter writes each GELU as one node instead of the 5-node
+# x * 0.5 * (1 + erf(x / sqrt2)) chain that ONNX Runtime's fusion does not match (~17 % of fp32 time).
+OPSET = 20
 
 
 def example_inputs(model: SlimPajama, seed: int = 0):
@@ -28,7 +30,7 @@ def example_inputs(model: SlimPajama, seed: int = 0):
 
 
 def to_onnx(model: SlimPajama, path: Path) -> None:
-    """Write the fp32 ONNX graph of `model` (batch 1, opset 17) to `path`."""
+    """Write the fp32 ONNX graph of `model` (batch 1, opset OPSET) to `path`."""
     import onnx
     model = model.eval()
     args = example_inputs(model)

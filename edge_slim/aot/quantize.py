@@ -34,8 +34,9 @@ CALIB_FILE = "calib.jsonl"
 TASKS = ("ask", "match", "locate")
 HEADLINE = ("vqa_accuracy", "match_r1", "locate_iou50")  # the metrics the budget applies to
 SENSITIVITY_FEEDS = 96
-FP32_BY_DESIGN = ("LayerNormalization, Softmax, GELU (Erf), reductions, and the attention score/value MatMuls "
-                  "(both inputs are activations) stay fp32 in every form")
+FP32_BY_DESIGN = ("LayerNormalization, Softmax, GELU, reductions, and the attention score/value MatMuls "
+                  "(both inputs are activations) stay fp32 in every form; -rgb32 forms also keep the conv on the "
+                  "3-channel image fp32 (faster than its int8 kernel)")
 
 
 class BudgetError(EdgeSlimError):
@@ -156,6 +157,7 @@ class Step:
     ops: tuple[str, ...]
     qformat: str = "qdq"          # static only: "qdq" (Q/DQ pairs) or "qop" (QLinearConv/QLinearMatMul)
     activation: str = "u8"        # static only: "u8" or "s8"
+    min_in_channels: int = 1      # convs reading fewer channels stay fp32 in this step (see FIRST_CONV_FP32)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,14 @@ class Form:
 
 
 LINEAR = ("MatMul", "Gemm", "Gather")
+# The first conv reads the 3 RGB channels: its uint8 GEMM has K = 27 per output pixel, and quantizing and
+# NHWC-reordering the full 96x96 image costs more than the int8 kernel saves. Keeping it fp32 took the model from
+# 0.79 to 0.70 x fp32 p50 (benchmarks/quantize_forms.py, Xeon family 6 model 207, 1 thread).
+FIRST_CONV_FP32 = 8
+
 FORMS: dict[str, Form] = {
+    "dynamic-qconv-rgb32": Form("dynamic int8 MatMul/Gemm/Gather + static uint8 QLinearConv stem, RGB input conv fp32",
+                                (Step("static", ("Conv",), "qop", "u8", FIRST_CONV_FP32), Step("dynamic", LINEAR))),
     "dynamic-qconv": Form("dynamic int8 MatMul/Gemm/Gather + static uint8 QLinearConv stem",
                           (Step("static", ("Conv",), "qop", "u8"), Step("dynamic", LINEAR))),
     "dynamic-wconv": Form("dynamic int8 MatMul/Gemm/Gather + int8 weight-only conv stem (fp32 compute)",
@@ -184,7 +193,7 @@ FORMS: dict[str, Form] = {
                           (Step("static", ("Conv", *LINEAR), "qop", "u8"),)),
     "weight-only": Form("int8 weights dequantized in the graph, fp32 compute", (Step("weights", ("Conv", *LINEAR)),)),
 }
-DEFAULT_FORM = "dynamic-qconv"
+DEFAULT_FORM = "dynamic-qconv-rgb32"
 METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -203,9 +212,18 @@ def _weight_slot(node, inits) -> tuple[int, int] | None:
 
 def candidates(model: onnx.ModelProto, form: Form) -> list[str]:
     """Names of the nodes the form quantizes (those the budget loop may keep in fp32)."""
-    ops = {o for s in form.steps for o in s.ops}
     inits = {i.name: i for i in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type in ops and _weight_slot(n, inits) is not None]
+    return [n.name for n in model.graph.node if _weight_slot(n, inits) is not None
+            and any(n.op_type in s.ops and n.name not in fp32_by_rule(model, s) for s in form.steps)]
+
+
+def fp32_by_rule(model: onnx.ModelProto, step: Step) -> set[str]:
+    """Nodes a step leaves in fp32 by its own rule (convs with fewer than step.min_in_channels inputs)."""
+    if step.min_in_channels <= 1 or "Conv" not in step.ops:
+        return set()
+    inits = {i.name: i for i in model.graph.initializer}
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits
+            and inits[n.input[1]].dims[1] < step.min_in_channels}
 
 
 def quantize_weights(model: onnx.ModelProto, ops, nodes: set[str] | None = None,
@@ -358,15 +376,20 @@ def _build(Q, qt, calib, src, dst, form, feeds, method, exclude, only, work):
     cur = src
     for k, step in enumerate(form.steps):
         out = dst if k == len(form.steps) - 1 else dst.with_name(f"{dst.stem}.step{k}.onnx")
-        if step.kind == "weights":
-            m = quantize_weights(onnx.load(str(cur)), step.ops, set(only) if only is not None else None, set(exclude))
+        ruled = sorted(fp32_by_rule(onnx.load(str(cur)), step))
+        exclude_k = exclude + ruled
+        only_k = None if only is None else [n for n in only if n not in ruled]
+        if only_k == []:  # nothing of this step to quantize (ORT reads an empty list as "all nodes")
+            onnx.save(onnx.load(str(cur)), str(out))
+        elif step.kind == "weights":
+            m = quantize_weights(onnx.load(str(cur)), step.ops, set(only_k) if only_k is not None else None, set(exclude_k))
             onnx.save(m, str(out))
         elif step.kind == "dynamic":
             # the dynamic quantizer first rewrites Gemm <name> as MatMul <name>_MatMul + Add, then filters by name
             alias = lambda names: None if names is None else names + [n + "_MatMul" for n in names]
             Q.quantize_dynamic(cur, out, op_types_to_quantize=list(step.ops), per_channel=True,
-                               weight_type=Q.QuantType.QInt8, nodes_to_quantize=alias(only),
-                               nodes_to_exclude=alias(exclude),
+                               weight_type=Q.QuantType.QInt8, nodes_to_quantize=alias(only_k),
+                               nodes_to_exclude=alias(exclude_k),
                                extra_options={"MatMulConstBOnly": True})
         else:
             if not feeds:
@@ -374,7 +397,7 @@ def _build(Q, qt, calib, src, dst, form, feeds, method, exclude, only, work):
             Q.quantize_static(cur, out, FeedReader(feeds), quant_format=Q.QuantFormat.QDQ if step.qformat == "qdq"
                               else Q.QuantFormat.QOperator, op_types_to_quantize=list(step.ops), per_channel=True,
                               activation_type=qt[step.activation], weight_type=Q.QuantType.QInt8,
-                              nodes_to_quantize=only, nodes_to_exclude=exclude, calibrate_method=calib,
+                              nodes_to_quantize=only_k, nodes_to_exclude=exclude_k, calibrate_method=calib,
                               calibration_cache_path=work / f"calib-{'-'.join(step.ops)}-{method}.json",
                               extra_options={"MatMulConstBOnly": True})
         if cur != src:
