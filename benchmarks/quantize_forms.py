@@ -8,6 +8,11 @@ left spinning as it is by default; the first calls of each block are not counted
 fp32, model size, and the CPU's lscpu model name and flags (ratios differ between CPUs).
 
     python benchmarks/quantize_forms.py --model edge_slim/models/slimpajama-tiny --rounds 400 --json out.json
+    python benchmarks/quantize_forms.py --forms none --int8 edge_slim/models/slimpajama-tiny-int8 --block 10 --repeat 5
+
+--int8 adds existing int8 bundles (the shipped one) beside the built forms (--forms none: only those);
+--repeat K times everything K times in a row and reports the median ratio and its range, because this
+machine's speed drifts by tens of percent within minutes.
 """
 from __future__ import annotations
 
@@ -80,6 +85,8 @@ def main():
     ap.add_argument("--calib-samples", type=int, default=50)
     ap.add_argument("--fuse", choices=["both", "on", "off"], default="both",
                     help="also (or only) build from the graph with parallel linears fused (fuse_parallel_linears)")
+    ap.add_argument("--int8", action="append", default=[], help="an existing int8 bundle to time as well")
+    ap.add_argument("--repeat", type=int, default=1, help="time everything this many times in a row")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args()
     s = edge_slim.load(a.model)
@@ -95,24 +102,30 @@ def main():
             models["fp32+fused"] = sources["+fused"] = Path(tmp) / "fp32-fused.onnx"
             if a.fuse == "on":
                 del sources[""]
-        for name in a.forms.split(","):
+        for d in a.int8:
+            models[Path(d).name] = edge_slim.load(d).bundle.model_path
+        for name in [f for f in a.forms.split(",") if f != "none"]:
             for tag, src in sources.items():
                 (Path(tmp) / f"cache{tag}").mkdir(exist_ok=True)
                 models[name + tag] = Q.build(src, Path(tmp) / f"{name}{tag}.onnx", Q.FORMS[name], feeds,
                                              cache_dir=Path(tmp) / f"cache{tag}")
         sizes = {k: p.stat().st_size for k, p in models.items()}
-        res = {"cpu": cpu_info(), "onnxruntime": ort.__version__, "rounds": a.rounds, "block": a.block, "model": str(s.bundle.path),
+        res = {"cpu": cpu_info(), "onnxruntime": ort.__version__, "rounds": a.rounds, "block": a.block,
+               "repeat": a.repeat, "model": str(s.bundle.path),
                "size_ratio": {k: round(v / sizes["fp32"], 4) for k, v in sizes.items()}, "threads": {}}
         for t in (int(x) for x in a.threads.split(",")):
-            res["threads"][t] = bench(models, feeds[:30], t, a.rounds, a.block)
+            res["threads"][t] = [bench(models, feeds[:30], t, a.rounds, a.block) for _ in range(a.repeat)]
     print(f"{res['cpu'].get('model_name')} (family {res['cpu'].get('family')} model {res['cpu'].get('model')}), "
-          f"ORT {res['onnxruntime']}, {a.rounds} rounds, "
+          f"ORT {res['onnxruntime']}, {a.repeat} x {a.rounds} rounds, "
           + ("interleaved" if a.block == 1 else f"blocks of {a.block} calls"))
-    print(f"{'form':22s} {'size':>6s} " + " ".join(f"{t}t p50 ms  ratio  min-ratio" for t in res["threads"]))
+    print(f"{'form':22s} {'size':>6s} " + " ".join(f"{t}t p50 ms  p50 ratio [range]  min ratio" for t in res["threads"]))
+
+    def cell(runs, k):
+        r = sorted(x[k]["p50_ratio"] for x in runs)
+        med = lambda key: float(np.median([x[k][key] for x in runs]))
+        return f"{med('p50_ms'):9.3f} {np.median(r):9.3f} [{r[0]:.2f}-{r[-1]:.2f}] {med('min_ratio'):10.3f}"
     for k in models:
-        row = " ".join(f"{res['threads'][t][k]['p50_ms']:9.3f} {res['threads'][t][k]['p50_ratio']:6.3f} "
-                       f"{res['threads'][t][k]['min_ratio']:10.3f}" for t in res["threads"])
-        print(f"{k:22s} {res['size_ratio'][k]:6.3f} {row}")
+        print(f"{k:22s} {res['size_ratio'][k]:6.3f} " + " ".join(cell(res["threads"][t], k) for t in res["threads"]))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
 

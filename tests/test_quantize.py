@@ -61,7 +61,8 @@ def bundle_here(src_bundle, tmp_path):
 
 
 # -- forms ----------------------------------------------------------------------------------------
-EXPECTED_OPS = {"dynamic-qconv-rgb32": {"QLinearConv", "MatMulInteger", "Conv"},
+EXPECTED_OPS = {"dynamic-pt-rgb32": {"QLinearConv", "MatMulInteger", "Conv"},
+                "dynamic-qconv-rgb32": {"QLinearConv", "MatMulInteger", "Conv"},
                 "dynamic-qconv": {"QLinearConv", "MatMulInteger"}, "dynamic-wconv": {"DequantizeLinear", "MatMulInteger"},
                 "dynamic": {"MatMulInteger"}, "dynamic-conv": {"ConvInteger", "MatMulInteger"},
                 "static-qdq-u8": {"QuantizeLinear", "DequantizeLinear"}, "static-qdq-s8": {"QuantizeLinear"},
@@ -109,6 +110,15 @@ def test_rgb32_form_keeps_only_the_image_conv_fp32(src_bundle, feeds, tmp_path):
     mm = next(n for n in Q.candidates(model, form) if n not in convs)
     ops = [n.op_type for n in onnx.load(str(Q.build(src, tmp_path / "one.onnx", form, feeds, only=[mm]))).graph.node]
     assert ops.count("Conv") == len(convs) and "QLinearConv" not in ops
+
+
+@pytest.mark.parametrize("form,per_channel", [("dynamic-pt-rgb32", False), ("dynamic-qconv-rgb32", True)])
+def test_weight_scales_per_tensor_or_per_channel(form, per_channel, src_bundle, feeds, tmp_path):
+    g = onnx.load(str(Q.build(src_bundle / "model.onnx", tmp_path / "q.onnx", Q.FORMS[form], feeds))).graph
+    dims = {i.name: list(i.dims) for i in g.initializer}
+    scales = [dims[n.input[1].replace("_quantized", "_scale")] for n in g.node if n.op_type == "MatMulInteger"]
+    assert scales and all((s[0] == d[-1] if per_channel else s == [])
+                          for s, d in zip(scales, (dims[n.input[1]] for n in g.node if n.op_type == "MatMulInteger")))
 
 
 def test_fuse_parallel_linears_keeps_the_function(src_bundle, feeds, tmp_path):

@@ -243,7 +243,7 @@ def phase_graph(job: Job):
     job.tvm_target = tvm.target.Target(job.target.tvm_target(cuda_arch=job.cuda_arch))
     passes = [relax.transform.DecomposeOpsForInference(), bounded_gather_pass()]
     if job.recipe.fast_math:
-        passes.append(relax.transform.FastMathTransform())
+        passes += [erf_gelu_pass(), relax.transform.FastMathTransform()]
     if job.precision == "fp16":
         passes.append(relax.transform.ToMixedPrecision(out_dtype="float16"))
     if job.precision == "int8":
@@ -257,6 +257,25 @@ def phase_graph(job: Job):
     return job.mod
 
 
+def call_rewrite_pass(name: str, rewrite):
+    """A module pass that replaces every Relax call `c` by `rewrite(c)` (which returns c to keep it)."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):
+            return rewrite(super().visit_call_(call))
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def apply(mod, _ctx):
+        for gv, f in list(mod.functions_items()):
+            if isinstance(f, relax.Function):
+                mod[gv] = Rewrite().visit_expr(f)
+        return mod
+    return apply
+
+
 def bounded_gather_pass():
     """Gathers with run-time indices (token embeddings) use take(mode="clip"): the importer's
     "fast" mode reads out of bounds (a segfault) on an out-of-range id; clip costs one min/max."""
@@ -264,21 +283,30 @@ def bounded_gather_pass():
     from tvm import relax
     take = tvm.ir.Op.get("relax.take")
 
-    @relax.expr_functor.mutator
-    class Clip(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if call.op.same_as(take) and call.attrs.mode == "fast" and not isinstance(call.args[1], tvm.ir.Constant):
-                return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
-            return call
+    def clip(call):
+        if call.op.same_as(take) and call.attrs.mode == "fast" and not isinstance(call.args[1], tvm.ir.Constant):
+            return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
+        return call
+    return call_rewrite_pass("BoundedGather", clip)
 
-    @tvm.transform.module_pass(opt_level=0, name="BoundedGather")
-    def bounded(mod, _ctx):
-        for gv, f in list(mod.functions_items()):
-            if isinstance(f, relax.Function):
-                mod[gv] = Clip().visit_expr(f)
-        return mod
-    return bounded
+
+def erf_gelu_pass():
+    """nn.gelu (one ONNX Gelu node, opset 20) becomes x * (0.5 + 0.5 * erf(x / sqrt2)), so that FastMath
+    turns its erf into the vectorizable fast_erf: legalized as one op, gelu calls scalar libm erff per
+    element, which made the whole model 1.8x slower (BENCHMARKS.md)."""
+    import tvm
+    from tvm import relax
+    gelu = tvm.ir.Op.get("relax.nn.gelu")
+
+    def decompose(call):
+        if not call.op.same_as(gelu):
+            return call
+        x = call.args[0]
+        dtype = str(x.ty.dtype)
+        c = lambda v: relax.const(v, dtype)
+        return relax.op.multiply(x, relax.op.add(c(0.5), relax.op.multiply(
+            relax.op.erf(relax.op.multiply(x, c(0.5 ** 0.5))), c(0.5))))
+    return call_rewrite_pass("ErfGelu", decompose)
 
 
 def fuse_dequantize_pass():
