@@ -3,6 +3,7 @@
     python benchmarks/runtime_bench.py [--model DIR] [--backends ort,numpy] [--threads 1,2] [--runs 200]
                                        [--compiled DIR ...]
 
+--bundle adds another ONNX bundle run by the first backend (old vs new export side by side);
 --compiled adds a compiled bundle (from `edge-slim compile`), run by the tvm backend, beside the
 ONNX bundle's backends: that is how BENCHMARKS.md compares TVM artifacts with ONNX Runtime.
 Each round runs every (backend, threads) pair once on the same inputs, in a rotating order, so a
@@ -35,11 +36,15 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--compiled", action="append", default=[], help="a compiled bundle to add (tvm backend)")
+    ap.add_argument("--bundle", action="append", default=[],
+                    help="another ONNX bundle to add, run by the first of --backends (e.g. an older export)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     threads = [int(t) for t in a.threads.split(",")]
     # a pair is (label, threads); the label names the backend, and the artifact for compiled bundles
     models = {b: (a.model, b) for b in a.backends.split(",")}
+    first = a.backends.split(",")[0]
+    models.update({f"{first}:{d.rstrip('/').split('/')[-1]}": (d, first) for d in a.bundle})
     models.update({f"tvm:{c.rstrip('/').split('/')[-1]}": (c, "tvm") for c in a.compiled})
     pairs = [(label, t) for label in models for t in threads]
     sessions = {p: edge_slim.load(models[p[0]][0], backend=models[p[0]][1], threads=p[1]) for p in pairs}

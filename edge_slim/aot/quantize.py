@@ -174,11 +174,11 @@ class Form:
 LINEAR = ("MatMul", "Gemm", "Gather")
 # The first conv reads the 3 RGB channels: its uint8 GEMM has K = 27 per output pixel, and quantizing and
 # NHWC-reordering the full 96x96 image costs more than the int8 kernel saves. Keeping it fp32 took the model from
-# 0.79 to 0.70 x fp32 p50 (benchmarks/quantize_forms.py, Xeon family 6 model 207, 1 thread).
+# 0.76-0.78 to 0.71-0.73 x fp32 p50 (benchmarks/quantize_forms.py, Xeon family 6 model 207, 1 thread).
 FIRST_CONV_FP32 = 8
 
 # Per-tensor weight scales on the dynamic linears: ORT's int8 MatMul then skips its per-column rescale;
-# 0.67 vs 0.71 x fp32 p50 in the same runs, output error 0.0014 vs 0.0010, equal task accuracy (1,000 scenes).
+# 0.67-0.70 vs 0.71-0.73 x fp32 p50 in the same runs; output error 0.0014 vs 0.0010, same answers (1,000 scenes).
 FORMS: dict[str, Form] = {
     "dynamic-pt-rgb32": Form("dynamic int8 MatMul/Gemm/Gather with per-tensor weight scales + static uint8 "
                              "QLinearConv stem, RGB input conv fp32",
