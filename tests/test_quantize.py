@@ -21,6 +21,7 @@ from conftest import assert_clean_error, cli
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from edge_slim.aot import calibration as C  # noqa: E402
 from edge_slim.aot import quantize as Q  # noqa: E402
 from edge_slim.errors import BadInputError  # noqa: E402
 from edge_slim.runtime import bundle as B  # noqa: E402
@@ -259,7 +260,7 @@ def _folder(tmp_path, lines):
     d.mkdir()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(d / "red.png")
     (d / "notes.txt").write_text("not an image")
-    (d / Q.CALIB_FILE).write_text("\n".join(lines) + "\n")
+    (d / C.CALIB_FILE).write_text("\n".join(lines) + "\n")
     return d
 
 
@@ -267,7 +268,7 @@ def test_calib_folder_parses(tmp_path, src_bundle):
     import edge_slim
     d = _folder(tmp_path, ['# comment', '', '{"image": "red.png", "text": "what color is the cube?"}',
                            '{"image": "red.png", "text": ["a red cube", "a blue cone"], "task": "match"}'])
-    entries = Q.read_calib_folder(d)
+    entries = C.read_calib_folder(d)
     assert [(p.name, t, k) for p, t, k in entries] == [("red.png", "what color is the cube?", "ask"),
                                                        ("red.png", "a red cube", "match"), ("red.png", "a blue cone", "match")]
     f = Q.folder_feeds(edge_slim.load(src_bundle), d)
@@ -287,7 +288,7 @@ def test_calib_folder_bad_entry(tmp_path, line, phrase):
     (tmp_path / "outside.png").write_bytes(b"")
     d = _folder(tmp_path, ['{"image": "red.png", "text": "what shape is it?"}', line])
     with pytest.raises(BadInputError, match="line 2") as e:
-        Q.read_calib_folder(d)
+        C.read_calib_folder(d)
     assert phrase in str(e.value)
 
 
@@ -303,7 +304,7 @@ def test_calib_folder_errors_through_the_cli(bundle_here, tmp_path):
     d2 = tmp_path / "c2"
     d2.mkdir()
     (d2 / "notes.txt").write_text("not an image")
-    (d2 / Q.CALIB_FILE).write_text('{"image": "notes.txt", "text": "x"}\n')
+    (d2 / C.CALIB_FILE).write_text('{"image": "notes.txt", "text": "x"}\n')
     p = cli("quantize", bundle_here, "-o", tmp_path / "o", "--calib", d2)
     assert_clean_error(p, 3)
     assert "notes.txt" in p.stderr and "not a readable image" in p.stderr
