@@ -112,8 +112,9 @@ def _weight_slot(node, inits) -> tuple[int, int] | None:
 def candidates(model: onnx.ModelProto, form: Form) -> list[str]:
     """Names of the nodes the form quantizes (those the budget loop may keep in fp32)."""
     inits = {i.name: i for i in model.graph.initializer}
+    ruled = [fp32_by_rule(model, s) for s in form.steps]
     return [n.name for n in model.graph.node if _weight_slot(n, inits) is not None
-            and any(n.op_type in s.ops and n.name not in fp32_by_rule(model, s) for s in form.steps)]
+            and any(n.op_type in s.ops and n.name not in r for s, r in zip(form.steps, ruled))]
 
 
 def fp32_by_rule(model: onnx.ModelProto, step: Step) -> set[str]:
@@ -275,14 +276,15 @@ def _build(Q, qt, calib, src, dst, form, feeds, method, exclude, only, work):
     cur = src
     for k, step in enumerate(form.steps):
         out = dst if k == len(form.steps) - 1 else dst.with_name(f"{dst.stem}.step{k}.onnx")
-        ruled = sorted(fp32_by_rule(onnx.load(str(cur)), step))
+        model = onnx.load(str(cur))
+        ruled = sorted(fp32_by_rule(model, step))
         exclude_k = exclude + ruled
         only_k = None if only is None else [n for n in only if n not in ruled]
         if only_k == []:  # nothing of this step to quantize (ORT reads an empty list as "all nodes")
-            onnx.save(onnx.load(str(cur)), str(out))
+            onnx.save(model, str(out))
         elif step.kind == "weights":
-            m = quantize_weights(onnx.load(str(cur)), step.ops, set(only_k) if only_k is not None else None, set(exclude_k))
-            onnx.save(m, str(out))
+            onnx.save(quantize_weights(model, step.ops, set(only_k) if only_k is not None else None, set(exclude_k)),
+                      str(out))
         elif step.kind == "dynamic":
             # the dynamic quantizer first rewrites Gemm <name> as MatMul <name>_MatMul + Add, then filters by name
             alias = lambda names: None if names is None else names + [n + "_MatMul" for n in names]
