@@ -129,6 +129,12 @@ def _check_keys(d: dict, schema: dict, where: Path) -> None:
             raise ModelError(f"{where}: {k} must be a {typ.__name__}, not {type(v).__name__}")
 
 
+def _check_choices(d: dict, choices: dict, where: Path) -> None:
+    for k, allowed in choices.items():
+        if d[k] not in allowed:
+            raise ModelError(f"{where}: {k} must be one of {', '.join(allowed)}")
+
+
 def _load_toml(path: Path) -> dict:
     if tomllib is None:
         raise ModelError("reading target profiles needs Python 3.11+ (tomllib)")
@@ -141,10 +147,7 @@ def _load_toml(path: Path) -> dict:
 def load_recipe_file(path: Path) -> Recipe:
     d = _load_toml(path)
     _check_keys(d, RECIPE_KEYS, path)
-    if d["schedule"] not in SCHEDULES:
-        raise ModelError(f"{path}: schedule must be one of {', '.join(SCHEDULES)}")
-    if d["precision"] not in PRECISIONS:
-        raise ModelError(f"{path}: precision must be one of {', '.join(PRECISIONS)}")
+    _check_choices(d, {"schedule": SCHEDULES, "precision": PRECISIONS}, path)
     if d["tune_trials"] < 0:
         raise ModelError(f"{path}: tune_trials must be >= 0")
     return Recipe(**d, path=path)
@@ -153,10 +156,7 @@ def load_recipe_file(path: Path) -> Recipe:
 def load_target_file(path: Path) -> Target:
     d = _load_toml(path)
     _check_keys(d, TARGET_KEYS, path)
-    if d["kind"] not in KINDS:
-        raise ModelError(f"{path}: kind must be one of {', '.join(KINDS)}")
-    if d["host_triple"] not in ELF_MACHINES:
-        raise ModelError(f"{path}: host_triple must be one of {', '.join(ELF_MACHINES)}")
+    _check_choices(d, {"kind": KINDS, "host_triple": ELF_MACHINES}, path)
     for table in ("tvm", "tvm_host"):
         extra = sorted(set(d.get(table, {})) - TVM_KEYS)
         if extra:
