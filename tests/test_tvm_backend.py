@@ -6,12 +6,14 @@ Parity with ONNX Runtime fp32 is the oracle: max abs difference below 1e-4 on ev
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
 
 import numpy as np
+
 import pytest
 
 pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
@@ -58,6 +60,16 @@ def test_runs_without_importing_the_compiler():
             "heavy = [m for m in ('tvm', 'torch', 'onnx') if m in sys.modules]; assert not heavy, heavy; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_setting_threads_leaves_the_callers_cpu_mask_alone():
+    """TVM pins the thread that configures its pool; an app's later threads would inherit one core."""
+    before = os.sched_getaffinity(0)
+    for n in (2, 1):
+        be = backend_class("tvm")(B.open_bundle(compiled("x86-64")), threads=n)
+        be.run(next(sample_inputs(1)))
+        assert os.sched_getaffinity(0) == before, n
 
 
 def test_thread_safe():

@@ -135,10 +135,21 @@ _current_threads: list[int] = [0]
 
 
 def set_threads(n: int) -> None:
-    """TVM's CPU thread pool is process-wide; n threads from now on (a no-op if already so)."""
+    """TVM's CPU thread pool is process-wide; n threads from now on (a no-op if already so).
+
+    Configuring the pool pins the calling thread to one core (TVM binds its worker 0, the caller), and
+    every thread the app starts later inherits that mask: the app's own threads and ONNX Runtime's pool
+    would all share one core (measured: ORT at 2 threads 3x slower after a TVM model ran). So the caller's
+    CPU mask is put back as it was; TVM's own workers stay bound.
+    """
     with _THREADS_LOCK:
         if _current_threads[0] != int(n):
-            tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(n))  # 1: big cores (all on x86)
+            mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+            try:
+                tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(n))  # 1: big cores (all on x86)
+            finally:
+                if mask is not None:
+                    os.sched_setaffinity(0, mask)
             _current_threads[0] = int(n)
 
 
