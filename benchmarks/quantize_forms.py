@@ -1,11 +1,16 @@
 """Compare int8 forms of SlimPajama against fp32 in ONNX Runtime on this machine (issue 5).
 
 Builds every form in edge_slim.aot.quantize.FORMS from one fp32 bundle, then times all of them
-in one process, at 1 and 2 threads: interleaved (each round runs every model once, in a fresh random
-order; caches see the other models' weights in between, as in an app that does other work between
-calls) or, with --block N, N consecutive calls per model per round (warm caches, ORT's thread pool
-left spinning as it is by default; the first calls of each block are not counted). Prints and optionally writes: median and minimum ms per form, their ratios to
-fp32, model size, and the CPU's lscpu model name and flags (ratios differ between CPUs).
+in one process, at 1 and 2 threads, in one of two harnesses (`edge-slim bench` adds a third for
+bundles: one session at a time, which is how the shipped int8 is compared with fp32 in BENCHMARKS.md):
+- interleaved (default): each round runs every model once, in a fresh random order; caches hold the
+  other models' weights in between, as in an app that does other work between calls;
+- --block N: N consecutive calls per model per round (warm caches, ORT's thread pool left spinning as by
+  default; the first calls of each block are not counted);
+Prints and optionally writes: median and minimum ms per form, their ratios to fp32, the median of the
+per-round ratios (each round's int8 block against the same round's fp32 block, which cancels this
+machine's drift) with its 10th-90th percentile, model size, the CPU's lscpu identity and flags (ratios
+differ between CPUs) and how much a second thread speeds up a plain fp32 MatMul (benchmarks/machine.py).
 
     python benchmarks/quantize_forms.py --model edge_slim/models/slimpajama-tiny --rounds 400 --json out.json
     python benchmarks/quantize_forms.py --forms none --int8 edge_slim/models/slimpajama-tiny-int8 --block 10 --repeat 5
@@ -19,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -29,18 +33,7 @@ import onnxruntime as ort
 
 import edge_slim
 from edge_slim.aot import quantize as Q
-
-
-def cpu_info() -> dict:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return {}
-    kv = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = kv.get("Flags", "").split()
-    keep = [f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "vnni")) or "vnni" in f]
-    return {"model_name": kv.get("Model name", "").strip(), "family": kv.get("CPU family", "").strip(),
-            "model": kv.get("Model", "").strip(), "cpus": kv.get("CPU(s)", "").strip(), "simd_flags": keep}
+from machine import cpu_info, describe, thread_scaling
 
 
 def make_session(path: Path, threads: int, spin: bool) -> ort.InferenceSession:
@@ -55,23 +48,36 @@ def make_session(path: Path, threads: int, spin: bool) -> ort.InferenceSession:
 
 def bench(models: dict[str, Path], feeds: list[dict], threads: int, rounds: int, block: int = 1,
           warmup: int | None = None) -> dict:
+    """Time every model, `rounds` rounds in a fresh random order each; per model: p50, min, their ratios to fp32,
+    and the median (and 10th-90th percentile) of the per-round ratios to fp32, which cancel the slow drift.
+    All sessions stay loaded, so their weights share the caches."""
     warmup = (20 if block == 1 else 2) if warmup is None else warmup
-    sess = {k: make_session(p, threads, spin=block > 1) for k, p in models.items()}
-    times = {k: [] for k in sess}
-    names = list(sess)
+    spin = block > 1
+    sess = {k: make_session(p, threads, spin) for k, p in models.items()}
+    times = {k: [] for k in models}
+    per_round = {k: [] for k in models}
+    names = list(models)
     skip = 0 if block == 1 else max(1, block // 10)   # calls that still pay for the switch between models
     for r in range(warmup + rounds):
         random.shuffle(names)
         for k in names:
+            s = sess[k]
+            got = []
             for i in range(block):
                 f = feeds[(r * block + i) % len(feeds)]
                 t = time.perf_counter()
-                sess[k].run(None, f)
-                if r >= warmup and i >= skip:
-                    times[k].append((time.perf_counter() - t) * 1000)
+                s.run(None, f)
+                if i >= skip:
+                    got.append((time.perf_counter() - t) * 1000)
+            if r >= warmup:
+                times[k] += got
+                per_round[k].append(float(np.median(got)))
     med0, min0 = np.median(times["fp32"]), np.min(times["fp32"])
+    paired = {k: np.array(v) / np.array(per_round["fp32"]) for k, v in per_round.items()}
     return {k: {"p50_ms": round(float(np.median(v)), 4), "min_ms": round(float(np.min(v)), 4),
-                "p50_ratio": round(float(np.median(v) / med0), 3), "min_ratio": round(float(np.min(v) / min0), 3)}
+                "p50_ratio": round(float(np.median(v) / med0), 3), "min_ratio": round(float(np.min(v) / min0), 3),
+                "paired_ratio": round(float(np.median(paired[k])), 3),
+                "paired_p10_p90": [round(float(x), 3) for x in np.percentile(paired[k], [10, 90])]}
             for k, v in times.items()}
 
 
@@ -112,18 +118,24 @@ def main():
         sizes = {k: p.stat().st_size for k, p in models.items()}
         res = {"cpu": cpu_info(), "onnxruntime": ort.__version__, "rounds": a.rounds, "block": a.block,
                "repeat": a.repeat, "model": str(s.bundle.path),
-               "size_ratio": {k: round(v / sizes["fp32"], 4) for k, v in sizes.items()}, "threads": {}}
+               "size_ratio": {k: round(v / sizes["fp32"], 4) for k, v in sizes.items()},
+               "thread_scaling": thread_scaling(), "threads": {}}
         for t in (int(x) for x in a.threads.split(",")):
             res["threads"][t] = [bench(models, feeds[:30], t, a.rounds, a.block) for _ in range(a.repeat)]
-    print(f"{res['cpu'].get('model_name')} (family {res['cpu'].get('family')} model {res['cpu'].get('model')}), "
-          f"ORT {res['onnxruntime']}, {a.repeat} x {a.rounds} rounds, "
+    print(describe(res["cpu"]))
+    print("fp32 MatMul speedup from threads (m,k,n: speedup per thread count):",
+          "; ".join(f"{r['mkn']}: {r['speedup']}" for r in res["thread_scaling"]))
+    print(f"ORT {res['onnxruntime']}, {a.repeat} x {a.rounds} rounds, "
           + ("interleaved" if a.block == 1 else f"blocks of {a.block} calls"))
-    print(f"{'form':22s} {'size':>6s} " + " ".join(f"{t}t p50 ms  p50 ratio [range]  min ratio" for t in res["threads"]))
+    print(f"{'form':22s} {'size':>6s} "
+          + " ".join(f"{t}t p50 ms  p50 ratio [range]  min ratio  paired [p10-p90]" for t in res["threads"]))
 
     def cell(runs, k):
         r = sorted(x[k]["p50_ratio"] for x in runs)
         med = lambda key: float(np.median([x[k][key] for x in runs]))
-        return f"{med('p50_ms'):9.3f} {np.median(r):9.3f} [{r[0]:.2f}-{r[-1]:.2f}] {med('min_ratio'):10.3f}"
+        lo, hi = (float(np.median([x[k]["paired_p10_p90"][i] for x in runs])) for i in (0, 1))
+        return (f"{med('p50_ms'):9.3f} {np.median(r):9.3f} [{r[0]:.2f}-{r[-1]:.2f}] {med('min_ratio'):10.3f}"
+                f" {med('paired_ratio'):8.3f} [{lo:.2f}-{hi:.2f}]")
     for k in models:
         print(f"{k:22s} {res['size_ratio'][k]:6.3f} " + " ".join(cell(res["threads"][t], k) for t in res["threads"]))
     if a.json:

@@ -18,14 +18,20 @@ def load(path=None, backend: str = "auto", threads: int | None = None, precision
 
     `precision` picks a shipped variant ("fp32" or "int8") when `path` is not given.
     """
-    from .errors import ModelError
-    from .runtime.bundle import default_model_dir, open_bundle
+    from .runtime.bundle import open_bundle
     from .runtime.session import Session
-    if path is None and precision not in (None, "fp32"):
-        if precision not in PRECISIONS:
-            raise ModelError(f"unknown precision {precision!r}; shipped: {', '.join(PRECISIONS)}")
-        path = default_model_dir().parent / PRECISIONS[precision]
-    return Session(open_bundle(path), backend=backend, threads=threads)
+    return Session(open_bundle(shipped(precision) if path is None else path), backend=backend, threads=threads)
 
 
-__all__ = ["load", "__version__"]
+def shipped(precision: str | None = None):
+    """The directory of a shipped bundle: "fp32" (the default) or "int8"."""
+    from .errors import ModelError
+    from .runtime.bundle import default_model_dir
+    if precision in (None, "fp32"):
+        return default_model_dir()
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; shipped: {', '.join(PRECISIONS)}")
+    return default_model_dir().parent / PRECISIONS[precision]
+
+
+__all__ = ["load", "shipped", "__version__"]

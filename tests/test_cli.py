@@ -60,7 +60,7 @@ def test_info_json():
 
 
 @pytest.mark.parametrize("cmd", ["ask", "match", "locate", "info", "eval", "train", "export", "targets",
-                                 "compile", "run", "quantize"])
+                                 "compile", "run", "quantize", "bench"])
 def test_every_command_has_help(cmd):
     p = cli(cmd, "--help", check=0)
     assert "Usage:" in p.stdout

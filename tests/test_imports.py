@@ -35,3 +35,10 @@ def test_cli_ask_is_light():
          "from edge_slim.cli.common import run_cli\n"
          "sys.argv = ['edge-slim', 'ask', {img!r}, 'what color is the cone?']\n"
          "assert run_cli(cli) == 0")
+
+
+def test_cli_bench_is_light():
+    _run("from edge_slim.cli.main import cli\n"
+         "from edge_slim.cli.common import run_cli\n"
+         "sys.argv = ['edge-slim', 'bench', '--rounds', '1', '--block', '1']\n"
+         "assert run_cli(cli) == 0")

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..scenes.feeds import scene_feeds as _scene_feeds
 
 CALIB_SEED = 2        # training uses scene stream 0 and evaluation stream 1
 CALIB_FILE = "calib.jsonl"
@@ -16,18 +17,8 @@ TASKS = ("ask", "match", "locate")
 
 
 def scene_feeds(session, samples: int, seed: int = CALIB_SEED) -> list[dict]:
-    """Model inputs from generated scenes: per scene one question, one caption and one phrase."""
-    from ..scenes import generate as G
-    from ..scenes.render import MODEL_RES, render
-    feeds = []
-    for i in range(samples):
-        s = G.sample(seed, i)
-        image = session.prepare_image(render(s["scene"], MODEL_RES))[0]
-        texts = [("ask", s["questions"][i % len(s["questions"])]["text"]), ("match", s["captions"][i % len(s["captions"])])]
-        if s["refer"] is not None:
-            texts.append(("locate", s["refer"]["text"]))
-        feeds += [{"image": image, "tokens": session.tokenizer.encode(t, task)[None]} for task, t in texts]
-    return feeds
+    """Calibration inputs from generated scenes of their own stream (see scenes/feeds.py)."""
+    return _scene_feeds(session, samples, seed)
 
 
 def read_calib_folder(directory) -> list[tuple[Path, str, str]]:

@@ -19,6 +19,9 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     "tvm": ("edge_slim.runtime.backends.tvm_backend:TvmBackend", "tvm-runtime"),
 }
 
+# the bundle format each backend runs
+FORMATS = {"ort": "onnx", "numpy": "onnx", "tvm": "tvm"}
+
 
 class Backend(Protocol):
     name: str

@@ -1,0 +1,92 @@
+"""`edge-slim bench`: side-by-side latency of bundles, backends and thread counts on this device."""
+from __future__ import annotations
+
+import click
+
+from .common import emit, json_option
+
+BACKENDS = ("auto", "ort", "numpy", "tvm")
+
+
+def _list(value: str, name: str, parse, allowed=None) -> list:
+    out = []
+    for item in (x.strip() for x in value.split(",")):
+        try:
+            v = parse(item)
+        except ValueError:
+            v = None
+        if v is None or (allowed is not None and v not in allowed):
+            raise click.BadParameter(f"{item!r} is not one of {', '.join(map(str, allowed))}" if allowed else
+                                     f"{item!r} is not a positive integer or 'default'", param_hint=name)
+        out.append(v)
+    if len(set(out)) != len(out):
+        raise click.BadParameter(f"{value!r} repeats an entry", param_hint=name)
+    return out
+
+
+def _threads(item: str):
+    if item == "default":
+        return "default"
+    n = int(item)
+    return n if 1 <= n <= 256 else None
+
+
+def _runnable(targets, backends) -> list[tuple]:
+    """(model, precision, backend) for every model x backend pair whose formats agree; the rest are skipped
+    with a note, so `--backend ort,numpy,tvm` can time an ONNX bundle and a compiled one in one run."""
+    import edge_slim
+    from ..errors import ModelError
+    from ..runtime.backends import FORMATS
+    from ..runtime.bundle import open_bundle
+    out = []
+    for m, p in targets:
+        fmt = open_bundle(edge_slim.shipped(p) if m is None else m).manifest["format"]
+        ok = [b for b in backends if b == "auto" or FORMATS[b] == fmt]
+        if not ok:
+            raise ModelError(f"{m or edge_slim.shipped(p)} is a {fmt} bundle; none of --backend "
+                             f"{','.join(backends)} runs it (use auto)")
+        skipped = [b for b in backends if b not in ok]
+        if skipped:
+            verb = "it does" if len(skipped) == 1 else "they do"
+            click.echo(f"edge-slim bench: {m or p}: skipping {', '.join(skipped)} ({verb} not run {fmt} bundles)", err=True)
+        out += [(m, p, b) for b in ok]
+    return out
+
+
+@click.command("bench")
+@click.argument("models", nargs=-1, metavar="[MODEL]...")
+@click.option("--precision", default="fp32,int8", show_default=True,
+              help="Shipped variants to compare when no MODEL is given (comma-separated).")
+@click.option("--backend", "-b", "backends", default="auto", show_default=True,
+              help="Backends, comma-separated: auto, ort, numpy, tvm (each model runs on each).")
+@click.option("--threads", "threads", default="1", show_default=True,
+              help="Thread counts, comma-separated, or 'default' for the backend's own choice.")
+@click.option("--rounds", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="Paired rounds; each runs every configuration once, in random order.")
+@click.option("--block", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="Timed calls per configuration per round.")
+@click.option("--warmup", type=click.IntRange(0, 1000), default=3, show_default=True,
+              help="Untimed calls after each load.")
+@click.option("--samples", type=click.IntRange(1, 1000), default=4, show_default=True,
+              help="Generated scenes the inputs come from (a question, caption and phrase each).")
+@json_option
+def bench_cmd(models, precision, backends, threads, rounds, block, warmup, samples, as_json):
+    """Time MODELs (default: the shipped fp32 and int8 SlimPajama-Tiny) side by side, in paired rounds.
+
+    Ratios are to the first configuration with the same thread count (fp32 first, so int8 / fp32).
+    Times are of the model call alone; see edge_slim/runtime/bench.py for why the harness is built so.
+    """
+    from ..runtime.bench import Config, bench, table
+    from .progress import Progress
+    bks = _list(backends, "--backend", str, BACKENDS)
+    ths = [None if t == "default" else t for t in _list(threads, "--threads", _threads)]
+    import edge_slim
+    if models:
+        targets = [(m, None) for m in models]
+    else:
+        targets = [(None, p) for p in _list(precision, "--precision", str, tuple(edge_slim.PRECISIONS))]
+    pairs = _runnable(targets, bks)
+    configs = [Config(m, p, b, t) for t in ths for m, p, b in pairs]
+    with Progress(rounds, "bench rounds") as bar:
+        report = bench(configs, rounds=rounds, block=block, warmup=warmup, samples=samples, progress=bar.update)
+    emit(report, as_json, table(report))
