@@ -53,14 +53,23 @@ def _runnable(targets, backends) -> list[tuple]:
     return out
 
 
+def _busy() -> str | None:
+    """A note when the machine is already loaded (1-minute load average above half its CPUs)."""
+    import os
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    return f"load average {load:.1f} on {cpus} CPUs" if load > cpus / 2 else None
+
+
 @click.command("bench")
 @click.argument("models", nargs=-1, metavar="[MODEL]...")
 @click.option("--precision", default="fp32,int8", show_default=True,
               help="Shipped variants to compare when no MODEL is given (comma-separated).")
 @click.option("--backend", "-b", "backends", default="auto", show_default=True,
               help="Backends, comma-separated: auto, ort, numpy, tvm (each model runs on each).")
-@click.option("--threads", "threads", default="1", show_default=True,
-              help="Thread counts, comma-separated, or 'default' for the backend's own choice.")
+@click.option("--threads", "threads", default="1,default", show_default=True,
+              help="Thread counts, comma-separated; 'default' is the backend's own choice (what `ask` uses).")
 @click.option("--rounds", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="Paired rounds; each runs every configuration once, in random order.")
 @click.option("--block", type=click.IntRange(1, 100_000), default=20, show_default=True,
@@ -87,6 +96,9 @@ def bench_cmd(models, precision, backends, threads, rounds, block, warmup, sampl
         targets = [(None, p) for p in _list(precision, "--precision", str, tuple(edge_slim.PRECISIONS))]
     pairs = _runnable(targets, bks)
     configs = [Config(m, p, b, t) for t in ths for m, p, b in pairs]
+    busy = _busy()
+    if busy:
+        click.echo(f"edge-slim bench: warning: {busy}; other work is running and the times will be noisy", err=True)
     with Progress(rounds, "bench rounds") as bar:
         report = bench(configs, rounds=rounds, block=block, warmup=warmup, samples=samples, progress=bar.update)
     emit(report, as_json, table(report))

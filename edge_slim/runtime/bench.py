@@ -20,6 +20,7 @@ scenes (one question, caption and phrase each), rotated through the block.
 from __future__ import annotations
 
 import gc
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -59,6 +60,7 @@ def bench(configs: list[Config], rounds: int = 20, block: int = 10, warmup: int 
         raise BadInputError("nothing to benchmark: give at least one model")
     if rounds < 1 or block < 1 or warmup < 0 or samples < 1:
         raise BadInputError("rounds, block and samples must be >= 1 and warmup >= 0")
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     feeds, inputs, meta = None, None, []
     for c in configs:                            # every configuration must load before anything is timed
         s = c.load()
@@ -103,7 +105,8 @@ def bench(configs: list[Config], rounds: int = 20, block: int = 10, warmup: int 
              "paired_ratio": round(float(np.median(paired)), 3),
              "paired_p10_p90": [round(float(x), 3) for x in np.percentile(paired, [10, 90])]}
         results.append(r)
-    return {"cpu": cpu_info(), "timed": "backend model call on prepared inputs", "rounds": rounds, "block": block,
+    return {"cpu": cpu_info(), "load_average_1min": load_before, "timed": "backend model call on prepared inputs",
+            "rounds": rounds, "block": block,
             "warmup": warmup, "inputs": len(feeds), "configs": [asdict(c) for c in configs], "results": results}
 
 
@@ -124,7 +127,8 @@ def table(report: dict) -> str:
     from .machine import describe
     rows = [describe(report["cpu"]),
             f"{report['rounds']} rounds x {report['block']} calls per configuration, one session at a time; "
-            f"timed: {report['timed']}; ratios are to the first configuration with the same threads",
+            f"timed: {report['timed']}; ratios are to the first configuration with the same threads"
+            + (f"; load average {report['load_average_1min']} at the start" if report.get("load_average_1min") is not None else ""),
             "| model | precision | backend | threads | p50 ms | p90 ms | min ms | p50 ratio | paired ratio [p10-p90] |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
