@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
 ort = pytest.importorskip("onnxruntime")
 
-from test_compile import compiled, has_cc, sample_inputs, source_bundle  # noqa: E402
+from compile_helpers import compiled, has_cc, sample_inputs, source_bundle  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "arm-env.sh"

@@ -1,13 +1,10 @@
 """`edge-slim compile`: real TVM compilation of SlimPajama (and tiny bring-your-own graphs).
 
-Each model+target is compiled once per test session (`compiled()` below is memoized; the
-tvm backend tests import it). The source is the shipped bundle when it exists, else a
-random-init SlimPajama exported with torch (same graph structure).
+Each model+target is compiled once per test session (`compiled()` in compile_helpers.py is memoized and
+shared with the tvm backend and qemu tests).
 """
 from __future__ import annotations
 
-import atexit
-import functools
 import json
 import shutil
 import subprocess
@@ -21,95 +18,10 @@ pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installe
 onnx = pytest.importorskip("onnx")
 
 from edge_slim import targets as T  # noqa: E402
+from compile_helpers import (ELF_AARCH64, ELF_X86, FATBIN_MAGIC, WORK, compiled, elf_machine,  # noqa: E402
+                             has_cc, int8_graph, sample_inputs, source_bundle)
 from edge_slim.errors import BadInputError, MissingDependencyError, ModelError  # noqa: E402
 from edge_slim.runtime import bundle as B  # noqa: E402
-
-WORK = Path(tempfile.mkdtemp(prefix="edge-slim-test-compile-"))
-atexit.register(shutil.rmtree, WORK, True)
-ELF_X86, ELF_AARCH64 = 62, 183
-FATBIN_MAGIC = (0xBA55ED50).to_bytes(4, "little")
-
-
-def has_cc(target: str) -> bool:
-    return T.toolchain_status(T.get_target(target))["ready"]
-
-
-@functools.lru_cache(maxsize=None)
-def source_bundle() -> Path:
-    """$EDGE_SLIM_TEST_BUNDLE, else the shipped SlimPajama-Tiny bundle, else a random-init one
-    exported here (once)."""
-    import os
-    for cand in (os.environ.get("EDGE_SLIM_TEST_BUNDLE"), B.default_model_dir()):
-        if cand and (Path(cand) / B.MANIFEST).exists():
-            return Path(cand)
-    torch = pytest.importorskip("torch", reason="no shipped bundle and no torch to export one")
-    from edge_slim.aot.export import export_bundle
-    from edge_slim.aot.model import Config, SlimPajama
-    torch.manual_seed(0)
-    export_bundle(SlimPajama(Config()).eval(), WORK / "src-bundle")
-    return WORK / "src-bundle"
-
-
-@functools.lru_cache(maxsize=None)
-def int8_graph(form: str) -> Path:
-    """An int8 SlimPajama graph: 'dynamic' (ORT quantize_dynamic: DynamicQuantizeLinear +
-    MatMulInteger) or 'weights' (weight-only: DequantizeLinear on per-channel int8 weights)."""
-    src = source_bundle() / "model.onnx"
-    out = WORK / f"int8-{form}.onnx"
-    if form == "dynamic":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
-    else:
-        onnx.save(weight_only_int8(onnx.load(str(src))), str(out))
-    return out
-
-
-def weight_only_int8(m):
-    """MatMul/Gemm weights -> int8 initializers + per-output-channel DequantizeLinear."""
-    from onnx import helper, numpy_helper
-    inits = {i.name: i for i in m.graph.initializer}
-    new_nodes = []
-    for n in m.graph.node:
-        if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2:
-            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)           # [K, N]
-            scale = np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0                     # per column
-            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-            base = n.input[1]
-            m.graph.initializer.remove(inits[base])
-            m.graph.initializer.extend([numpy_helper.from_array(q, base + "_q"),
-                                        numpy_helper.from_array(scale.astype(np.float32), base + "_s"),
-                                        numpy_helper.from_array(np.zeros_like(q[0]), base + "_z")])
-            new_nodes.append(helper.make_node("DequantizeLinear", [base + "_q", base + "_s", base + "_z"], [base],
-                                              axis=1, name=base + "_dq"))
-        new_nodes.append(n)
-    del m.graph.node[:]
-    m.graph.node.extend(new_nodes)
-    return m
-
-
-@functools.lru_cache(maxsize=None)
-def compiled(target: str = "x86-64", source: str = "bundle", **kw) -> Path:
-    from edge_slim.aot.lower import compile_model
-    src = source_bundle() if source == "bundle" else int8_graph(source)
-    extra = "-".join(f"{k}{v}" for k, v in sorted(kw.items()))
-    out = WORK / f"{target}-{source}{'-' + extra if extra else ''}"
-    compile_model(src, target, out=out, **kw)
-    return out
-
-
-def elf_machine(p: Path) -> int:
-    from edge_slim.runtime.backends.tvm_backend import elf_machine as em
-    return em(p)
-
-
-def sample_inputs(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    for _ in range(n):
-        tok = rng.integers(5, 44, (1, 16)).astype(np.int64)
-        tok[0, 0] = 2
-        tok[0, int(rng.integers(3, 16)):] = 0
-        yield {"image": rng.standard_normal((1, 3, 96, 96)).astype(np.float32), "tokens": tok}
-
 
 # ---------------------------------------------------------------- x86
 def test_x86_bundle_manifest_and_checksums():

@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
 ort = pytest.importorskip("onnxruntime")
 
-from test_compile import compiled, has_cc, sample_inputs, source_bundle  # noqa: E402
+from compile_helpers import compiled, has_cc, sample_inputs, source_bundle  # noqa: E402
 
 from edge_slim.errors import ModelError  # noqa: E402
 from edge_slim.runtime import bundle as B  # noqa: E402
