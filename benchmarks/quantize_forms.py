@@ -6,7 +6,7 @@ bundles: one session at a time, which is how the shipped int8 is compared with f
 - interleaved (default): each round runs every model once, in a fresh random order; caches hold the
   other models' weights in between, as in an app that does other work between calls;
 - --block N: N consecutive calls per model per round (warm caches, ORT's thread pool left spinning as by
-  default; the first calls of each block are not counted);
+  default; the first calls of each block are not counted).
 Prints and optionally writes: median and minimum ms per form, their ratios to fp32, the median of the
 per-round ratios (each round's int8 block against the same round's fp32 block, which cancels this
 machine's drift) with its 10th-90th percentile, model size, the CPU's lscpu identity and flags (ratios

@@ -85,11 +85,12 @@ def bench_cmd(models, precision, backends, threads, rounds, block, warmup, sampl
     Ratios are to the first configuration with the same thread count (fp32 first, so int8 / fp32).
     Times are of the model call alone; see edge_slim/runtime/bench.py for why the harness is built so.
     """
+    import edge_slim
+
     from ..runtime.bench import Config, bench, table
     from .progress import Progress
     bks = _list(backends, "--backend", str, BACKENDS)
     ths = [None if t == "default" else t for t in _list(threads, "--threads", _threads)]
-    import edge_slim
     if models:
         targets = [(m, None) for m in models]
     else:
