@@ -63,6 +63,19 @@ def test_runs_without_importing_the_compiler():
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_two_threads_are_two_threads_on_x86():
+    """TVM sizes its pool to half the CPUs on x86 (assuming SMT): on a 2-CPU host threads=2 ran 1 thread."""
+    code = ("import numpy as np, tvm_ffi; from edge_slim.runtime.bundle import open_bundle; "
+            "from edge_slim.runtime.backends import backend_class; "
+            f"be = backend_class('tvm')(open_bundle({str(compiled('x86-64'))!r}), threads=2); "
+            "be.run({'image': np.zeros((1,3,96,96), np.float32), 'tokens': np.zeros((1,16), np.int64)}); "
+            "print('threads', tvm_ffi.get_global_func('runtime.NumThreads')())")
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0 and "threads 2" in out.stdout, (out.stdout, out.stderr)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_setting_threads_leaves_the_callers_cpu_mask_alone():
     """TVM pins the thread that configures its pool; an app's later threads would inherit one core."""
     before = os.sched_getaffinity(0)

@@ -5,8 +5,11 @@ carries this; a VM's "2 CPUs" may be two SMT siblings, which the threads-per-cor
 """
 from __future__ import annotations
 
+import functools
+import os
 import platform
 import subprocess
+from pathlib import Path
 
 
 def cpu_info() -> dict:
@@ -30,3 +33,25 @@ def describe(cpu: dict) -> str:
                                   f"{cpu['threads_per_core']} thread/core" if cpu.get("threads_per_core") else "",
                                   f"{cpu['hypervisor']} VM" if cpu.get("hypervisor") else "") if x)
     return f"{cpu.get('model_name')} ({ident}); flags: {' '.join(cpu.get('simd_flags', [])) or '-'}"
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+@functools.lru_cache(maxsize=None)
+def physical_cores() -> int:
+    """Cores among the usable CPUs, counting SMT siblings once (Linux sysfs topology; else every CPU).
+
+    The default thread count for the backends: what ONNX Runtime picks by itself, and what TVM should get.
+    """
+    groups = set()
+    for c in usable_cpus():
+        try:
+            groups.add(Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            groups.add(str(c))
+    return max(1, len(groups))

@@ -23,6 +23,7 @@ import numpy as np
 
 from ...errors import BadInputError, MissingDependencyError, ModelError
 from ...targets import ELF_MACHINES, cpu_flags, host_triple
+from ..machine import physical_cores, usable_cpus
 
 
 
@@ -85,6 +86,10 @@ def runtime_dir() -> Path:
 
 def _load_runtime(cuda: bool) -> None:
     with _LOAD_LOCK:
+        # TVM sizes its CPU pool once, at first use, to TVM_NUM_THREADS or else hardware_concurrency() / 2 on
+        # x86 ("ignore hyper-threading"): 1 worker on a 2-vCPU VM without SMT, where threads=2 then silently
+        # ran 1 thread. The pool gets every usable CPU; how many a call uses is set_threads' job.
+        os.environ.setdefault("TVM_NUM_THREADS", str(len(usable_cpus())))
         names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if cuda else [])
         for name in names:
             if name in _loaded:
@@ -165,9 +170,10 @@ class TvmBackend:
         kind = (m.get("target") or {}).get("kind", "cpu")
         _load_runtime(cuda=kind == "cuda")
         self.bundle = bundle
-        self.threads = threads
-        if threads:
-            set_threads(threads)
+        # the pool is process-wide, so every backend sets its count (None: one thread per physical core,
+        # as ONNX Runtime chooses) before each call; set_threads is a no-op when it is already so
+        self.threads = int(threads) if threads else physical_cores()
+        set_threads(self.threads)
         try:
             self._lib = tvm_ffi.load_module(str(bundle.model_path))
             self._vm = self._lib["vm_load_executable"]()
@@ -204,8 +210,7 @@ class TvmBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrs = self._check(feeds)
         with self._lock:
-            if self.threads:
-                set_threads(self.threads)
+            set_threads(self.threads)
             for t, a in zip(self._in, arrs):
                 self._copy_in(t, ctypes.c_void_p(a.ctypes.data), a.nbytes)
             res = self._main(*self._in)
