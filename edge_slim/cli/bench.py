@@ -69,7 +69,7 @@ def _busy() -> str | None:
 @click.option("--backend", "-b", "backends", default="auto", show_default=True,
               help="Backends, comma-separated: auto, ort, numpy, tvm (each model runs on each).")
 @click.option("--threads", "threads", default="1,default", show_default=True,
-              help="Thread counts, comma-separated; 'default' is the backend's own choice (what `ask` uses).")
+              help="Thread counts, comma-separated; 'default' is what `ask` uses (one per physical core).")
 @click.option("--rounds", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="Paired rounds; each runs every configuration once, in random order.")
 @click.option("--block", type=click.IntRange(1, 100_000), default=20, show_default=True,

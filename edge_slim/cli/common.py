@@ -29,7 +29,7 @@ def json_option(f):
 
 def threads_option(f):
     return click.option("--threads", type=click.IntRange(1, 256), default=None,
-                        help="Threads for the backend (default: the backend's own choice).")(f)
+                        help="Threads for the backend (default: one per physical core; NumPy's BLAS sets its own).")(f)
 
 
 def emit(obj, as_json: bool, text: str | None = None) -> None:
