@@ -1,5 +1,5 @@
-"""How far a second thread speeds up a plain fp32 MatMul on this machine (and, re-exported from
-edge_slim.runtime.machine, the CPU's lscpu identity that every result in benchmarks/ records). The probe
+"""How far a second thread speeds up a plain fp32 MatMul on this machine (the CPU's lscpu identity, which
+every result in benchmarks/ records, is edge_slim.runtime.machine's). The probe
 exists because a VM's "2 CPUs" can be two SMT siblings of one core: then no thread count beats 1 on a
 small model, and a ratio measured at 2 threads measures the thread handoff, not the kernels.
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from edge_slim.runtime.machine import cpu_info, describe  # noqa: F401  (re-exported for the scripts)
+from edge_slim.runtime.machine import cpu_info
 
 
 def thread_scaling(sizes=((1024, 1024, 1024), (36, 128, 512)), threads=(1, 2), calls: int = 30) -> list[dict]:

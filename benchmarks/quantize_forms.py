@@ -33,7 +33,8 @@ import onnxruntime as ort
 
 import edge_slim
 from edge_slim.aot import quantize as Q
-from machine import cpu_info, describe, thread_scaling
+from edge_slim.runtime.machine import cpu_info, describe
+from machine import thread_scaling
 
 
 def make_session(path: Path, threads: int, spin: bool) -> ort.InferenceSession:

@@ -70,9 +70,10 @@ def bench(configs: list[Config], rounds: int = 20, block: int = 10, warmup: int 
         elif spec != inputs:
             raise BadInputError(f"{s.bundle.path} takes other inputs ({spec}) than {meta[0]['model']} "
                                 f"({inputs}); bench compares models of one input format")
-        meta.append({"label": _label(c, s), "model": str(s.bundle.path), "name": s.manifest.get("name"),
-                     "format": s.manifest["format"], "target": (s.manifest.get("target") or {}).get("name"),
-                     "precision": s.manifest.get("precision"), "backend": s.backend_name, "threads": c.threads})
+        m = {"model": str(s.bundle.path), "name": s.manifest.get("name") or s.bundle.path.name,
+             "format": s.manifest["format"], "target": (s.manifest.get("target") or {}).get("name"),
+             "precision": s.manifest.get("precision"), "backend": s.backend_name, "threads": c.threads}
+        meta.append({"label": f"{_model(m)} {m['backend']} {m['threads'] or 'default'}t", **m})
         del s
     gc.collect()
     base = [next(j for j, d in enumerate(configs) if d.threads == c.threads) for c in configs]
@@ -115,11 +116,9 @@ def _feeds(session, samples: int) -> list[dict]:
     return scene_feeds(session, samples, BENCH_SEED)
 
 
-def _label(c: Config, s) -> str:
-    """Names a configuration in the report; compiled bundles of one model differ by their target."""
-    name = s.manifest.get("name") or s.bundle.path.name
-    target = (s.manifest.get("target") or {}).get("name")
-    return f"{name}{f' ({target})' if target else ''} {s.backend_name} {c.threads if c.threads else 'default'}t"
+def _model(m: dict) -> str:
+    """A bundle's name in the report; compiled bundles of one model differ by their target."""
+    return f"{m['name']} ({m['target']})" if m.get("target") else m["name"]
 
 
 def table(report: dict) -> str:
@@ -133,8 +132,7 @@ def table(report: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lo, hi = r["paired_p10_p90"]
-        model = f"{r['name']} ({r['target']})" if r.get("target") else r["name"]
-        rows.append(f"| {model} | {r['precision']} | {r['backend']} | {r['threads'] or 'default'} | {r['p50_ms']:.3f} "
+        rows.append(f"| {_model(r)} | {r['precision']} | {r['backend']} | {r['threads'] or 'default'} | {r['p50_ms']:.3f} "
                     f"| {r['p90_ms']:.3f} | {r['min_ms']:.3f} | {r['p50_ratio']:.3f} | {r['paired_ratio']:.3f} "
                     f"[{lo:.2f}-{hi:.2f}] |")
     return "\n".join(rows)
