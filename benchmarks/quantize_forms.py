@@ -33,6 +33,7 @@ import onnxruntime as ort
 
 import edge_slim
 from edge_slim.aot import quantize as Q
+from edge_slim.runtime.bench import paired_ratio
 from edge_slim.runtime.machine import cpu_info, describe
 from machine import thread_scaling
 
@@ -74,11 +75,9 @@ def bench(models: dict[str, Path], feeds: list[dict], threads: int, rounds: int,
                 times[k] += got
                 per_round[k].append(float(np.median(got)))
     med0, min0 = np.median(times["fp32"]), np.min(times["fp32"])
-    paired = {k: np.array(v) / np.array(per_round["fp32"]) for k, v in per_round.items()}
     return {k: {"p50_ms": round(float(np.median(v)), 4), "min_ms": round(float(np.min(v)), 4),
                 "p50_ratio": round(float(np.median(v) / med0), 3), "min_ratio": round(float(np.min(v) / min0), 3),
-                "paired_ratio": round(float(np.median(paired[k])), 3),
-                "paired_p10_p90": [round(float(x), 3) for x in np.percentile(paired[k], [10, 90])]}
+                **paired_ratio(per_round[k], per_round["fp32"])}
             for k, v in times.items()}
 
 

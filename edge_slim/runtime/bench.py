@@ -98,17 +98,19 @@ def bench(configs: list[Config], rounds: int = 20, block: int = 10, warmup: int 
             times[j] += got
             per_round[j].append(float(np.median(got)))
         progress(1)
-    results = []
-    for j, m in enumerate(meta):
-        paired = np.asarray(per_round[j]) / np.asarray(per_round[base[j]])
-        r = {**m, **_stats(times[j]), "baseline": meta[base[j]]["label"],
-             "p50_ratio": round(float(np.median(times[j]) / np.median(times[base[j]])), 3),
-             "paired_ratio": round(float(np.median(paired)), 3),
-             "paired_p10_p90": [round(float(x), 3) for x in np.percentile(paired, [10, 90])]}
-        results.append(r)
+    results = [{**m, **_stats(times[j]), "baseline": meta[base[j]]["label"],
+                "p50_ratio": round(float(np.median(times[j]) / np.median(times[base[j]])), 3),
+                **paired_ratio(per_round[j], per_round[base[j]])} for j, m in enumerate(meta)]
     return {"cpu": cpu_info(), "load_average_1min": load_before, "timed": "backend model call on prepared inputs",
             "rounds": rounds, "block": block,
             "warmup": warmup, "inputs": len(feeds), "configs": [asdict(c) for c in configs], "results": results}
+
+
+def paired_ratio(round_ms: list[float], baseline_round_ms: list[float]) -> dict:
+    """Median, and 10th-90th percentiles, of the per-round ratios to the baseline's same rounds."""
+    r = np.asarray(round_ms) / np.asarray(baseline_round_ms)
+    return {"paired_ratio": round(float(np.median(r)), 3),
+            "paired_p10_p90": [round(float(x), 3) for x in np.percentile(r, [10, 90])]}
 
 
 def _feeds(session, samples: int) -> list[dict]:
