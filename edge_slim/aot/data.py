@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..scenes import generate as G
+from ..scenes.caption import caption, encode_caption
 from ..scenes.grammar import ANSWERS, COLORS, FAMILIES, SHAPES, SIZES
 from ..scenes.render import render
 from ..text.tokenizer import Tokenizer
@@ -34,6 +35,9 @@ class Cache:
     c_false: np.ndarray   # int64 [N,NC,L]
     cells: np.ndarray     # int64 [N,36,3] (color+1, shape+1, size+1), 0 = no object centre
     cell_box: np.ndarray  # float32 [N,36,4]
+    # the reference caption (edge_slim.scenes.caption) [bos ... eos pad...]; None in caches built
+    # before captions existed (train refuses those for a model with a caption decoder)
+    cap_tok: np.ndarray | None = None  # int64 [N,caption.MAX_TOKENS]
 
     def __len__(self):
         return len(self.images)
@@ -86,7 +90,7 @@ def _scene_arrays(seed: int, i: int, tok: Tokenizer) -> dict:
         r_cell=np.array([cell_of(scene["objects"][r["target"]]) for r in refs]),
         c_true=np.stack([tok.encode(c["text"], "match") for c in trues]),
         c_false=np.stack([tok.encode(c["text"], "match") for c in falses]),
-        cells=cells, cell_box=cell_box)
+        cells=cells, cell_box=cell_box, cap_tok=encode_caption(caption(scene)))
 
 
 def _chunk(args):
@@ -111,7 +115,7 @@ def build_cache(n: int, seed: int = 0, max_len: int = 16, workers: int = 2, prog
 def save_cache(cache: Cache, path) -> None:
     import os
     tmp = str(path) + ".tmp.npz"
-    np.savez(tmp, **cache.__dict__)
+    np.savez(tmp, **{k: v for k, v in cache.__dict__.items() if v is not None})
     os.replace(tmp, path)
 
 
