@@ -68,3 +68,16 @@ def test_backends_give_the_same_answers(backend, examples):
             assert a.answer == b.answer and abs(a.score - b.score) < 1e-4
         assert np.allclose(ref.match(img, e["match"]["texts"]).scores, s.match(img, e["match"]["texts"]).scores, atol=1e-4)
         assert np.allclose(ref.locate(img, e["locate"]["phrase"]).box, s.locate(img, e["locate"]["phrase"]).box, atol=0.05)
+
+
+@pytest.mark.skipif(not available("ort"), reason="onnxruntime is not installed")
+def test_close_and_with_block_end_a_live_session():
+    """Live sessions make each other's thread pools stop spinning (runtime/threads.py); closing one counts."""
+    from edge_slim.runtime import threads as T
+    before = T.SESSIONS.live()
+    with edge_slim.load(backend="ort") as s:
+        assert T.SESSIONS.live() == before + 1
+        assert s.ask(IMG, "what shape is the small gray object?").answer
+    assert T.SESSIONS.live() == before
+    s.close()                                        # idempotent
+    assert T.SESSIONS.live() == before

@@ -146,3 +146,17 @@ class Session:
     def embed_text(self, text: str) -> np.ndarray:
         """Unit-norm text embedding; cosine with embed_image ranks images for a text."""
         return self._run(self._blank_image, self._tokens(text, "match"))["text_embed"][0].copy()
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop counting as a live session (edge_slim.runtime.threads: while several sessions are alive,
+        the runtimes' pools stop spinning between calls). Idempotent; garbage collection does the same."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,10 +1,31 @@
-"""ONNX Runtime backend (the default where onnxruntime is installed)."""
+"""ONNX Runtime backend (the default where onnxruntime is installed).
+
+Each backend counts as one live session in edge_slim.runtime.threads; while another session is alive
+in the process its thread pool stops spinning when a call returns (see that module for why), which
+ONNX Runtime only reads when a session is created: the InferenceSession is rebuilt when that changes.
+"""
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import onnxruntime as ort
 
 from ...errors import ModelError
+from .. import threads as T
+from ..machine import physical_cores
+
+
+def session_options(threads: int | None, config: dict) -> ort.SessionOptions:
+    """SessionOptions for `threads` intra-op threads (None: ORT's default, one per physical core)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    for k, v in config.items():
+        so.add_session_config_entry(k, v)
+    return so
 
 
 class OrtBackend:
@@ -14,18 +35,44 @@ class OrtBackend:
         if bundle.manifest["format"] != "onnx":
             raise ModelError(f"{bundle.path} is a {bundle.manifest['format']} artifact; the ort backend runs "
                              "ONNX bundles (use --backend tvm for compiled ones)")
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        try:
-            self.sess = ort.InferenceSession(str(bundle.model_path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own exception types for bad graphs
-            raise ModelError(f"{bundle.model_path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})") from None
-        self.output_names = [o.name for o in self.sess.get_outputs()]
+        self.model_path = str(bundle.model_path)
+        self.threads = int(threads) if threads else None
         self.version = ort.__version__
+        self.config: dict | None = None      # the session config entries the current InferenceSession has
+        self._build_lock = threading.RLock()  # RLock: a finalizer may re-enter from the same thread
+        self._lease = T.SESSIONS.join(self)
+        try:
+            self._ensure(T.SESSIONS.current())
+        except BaseException:
+            self._lease.close()
+            raise
+        self.output_names = [o.name for o in self.sess.get_outputs()]
+
+    def _ensure(self, p: T.Policy) -> None:
+        want = T.ort_config(p, self.threads, physical_cores())
+        with self._build_lock:
+            if want == self.config:
+                return
+            try:
+                sess = ort.InferenceSession(self.model_path, session_options(self.threads, want),
+                                            providers=["CPUExecutionProvider"])
+            except Exception as e:  # ORT raises its own exception types for bad graphs
+                raise ModelError(f"{self.model_path}: ONNX Runtime cannot load it "
+                                 f"({str(e).splitlines()[0]})") from None
+            self.sess, self.config = sess, want   # calls in flight keep the session they started on
+
+    def apply_threads_policy(self, p: T.Policy) -> None:
+        """Called by the registry when another session opens or closes (see edge_slim.runtime.threads)."""
+        try:
+            self._ensure(p)
+        except ModelError:
+            pass    # the model loaded before: keep the running session (it only spins as it did)
+
+    def close(self) -> None:
+        """Stop counting as a live session (the InferenceSession is freed with the backend)."""
+        self._lease.close()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe, so one backend serves many threads.
-        return dict(zip(self.output_names, self.sess.run(self.output_names, feeds)))
+        sess = self.sess
+        return dict(zip(self.output_names, sess.run(self.output_names, feeds)))

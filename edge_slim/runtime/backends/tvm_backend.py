@@ -23,8 +23,8 @@ import numpy as np
 
 from ...errors import BadInputError, MissingDependencyError, ModelError
 from ...targets import ELF_MACHINES, cpu_flags, host_triple
+from .. import threads as T
 from ..machine import physical_cores, usable_cpus
-
 
 
 def _import_tvm_ffi():
@@ -137,6 +137,16 @@ def check_artifact(bundle) -> None:
 
 
 _current_threads: list[int] = [0]
+_pool_spin: list[int | None] = [None]   # the spin count TVM's pool started with (None: not started by us)
+
+
+def pool_spin_count(p: T.Policy) -> int:
+    """The spin count of TVM's thread pool: fixed by edge_slim.runtime.threads' policy `p` when the first
+    TVM session starts the pool (libtvm_runtime reads TVM_THREAD_POOL_SPIN_COUNT once), the same after."""
+    with _THREADS_LOCK:
+        if _pool_spin[0] is None:
+            _pool_spin[0] = T.tvm_spin_count(p)
+        return _pool_spin[0]
 
 
 def set_threads(n: int) -> None:
@@ -170,6 +180,15 @@ class TvmBackend:
         kind = (m.get("target") or {}).get("kind", "cpu")
         _load_runtime(cuda=kind == "cuda")
         self.bundle = bundle
+        self._lease = T.SESSIONS.join(self)   # before the pool starts: its spin count depends on the others
+        try:
+            self._open(bundle, m, kind, threads)
+        except BaseException:
+            self._lease.close()
+            raise
+
+    def _open(self, bundle, m, kind, threads) -> None:
+        self.spin_count = pool_spin_count(T.SESSIONS.current())
         # the pool is process-wide, so every backend sets its count (None: one thread per physical core,
         # as ONNX Runtime chooses) before each call; set_threads is a no-op when it is already so
         self.threads = int(threads) if threads else physical_cores()
@@ -193,6 +212,10 @@ class TvmBackend:
         # input tensors owned by the runtime (aligned as the kernels need), reused on every call
         self._in = [self._alloc(tuple(i["shape"]), i["dtype"], self.device, "global") for i in self.inputs]
         self._lock = threading.Lock()  # one VM: calls are serialized
+
+    def close(self) -> None:
+        """Stop counting as a live session (edge_slim.runtime.threads); the VM is freed with the backend."""
+        self._lease.close()
 
     def _check(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         arrs = []
