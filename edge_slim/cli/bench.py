@@ -78,16 +78,27 @@ def _busy() -> str | None:
               help="Untimed calls after each load.")
 @click.option("--samples", type=click.IntRange(1, 1000), default=4, show_default=True,
               help="Generated scenes the inputs come from (a question, caption and phrase each).")
+@click.option("--call", "calls", default="model,ask", show_default=True,
+              help="What to time, comma-separated: model (the backend's model call on prepared inputs), "
+                   "ask (the full call: path of a PNG -> Answer, through the public API).")
+@click.option("--questions", type=click.IntRange(2, 256), default=None,
+              help="Also time one image with N questions in one `ask` call, against one question.")
+@click.option("--together", is_flag=True,
+              help="Also time all configurations alive at once, called in turn (one call each), against alone.")
+@click.option("--image-px", type=click.IntRange(8, 8192), default=None,
+              help="Side of the PNGs `ask` reads (default: the model's input size, 96).")
 @json_option
-def bench_cmd(models, precision, backends, threads, rounds, block, warmup, samples, as_json):
+def bench_cmd(models, precision, backends, threads, rounds, block, warmup, samples, calls, questions, together,
+              image_px, as_json):
     """Time MODELs (default: the shipped fp32 and int8 SlimPajama-Tiny) side by side, in paired rounds.
 
-    Ratios are to the first configuration with the same thread count (fp32 first, so int8 / fp32).
-    Times are of the model call alone; see edge_slim/runtime/bench.py for why the harness is built so.
+    Ratios are to the first configuration with the same thread count and call (fp32 first, so int8 / fp32);
+    `vs own` compares a row with its own configuration: a full ask with its model call, N questions with
+    one, together with alone. See edge_slim/runtime/bench.py for why the harness is built so.
     """
     import edge_slim
 
-    from ..runtime.bench import Config, bench, table
+    from ..runtime.bench import CALLS, Config, bench, table
     from .progress import Progress
     bks = _list(backends, "--backend", str, BACKENDS)
     ths = [None if t == "default" else t for t in _list(threads, "--threads", _threads)]
@@ -96,10 +107,15 @@ def bench_cmd(models, precision, backends, threads, rounds, block, warmup, sampl
     else:
         targets = [(None, p) for p in _list(precision, "--precision", str, tuple(edge_slim.PRECISIONS))]
     pairs = _runnable(targets, bks)
+    what = tuple(_list(calls, "--call", str, CALLS))
     configs = [Config(m, p, b, t) for t in ths for m, p, b in pairs]
+    if together and len(configs) < 2:
+        raise click.BadParameter("needs at least two configurations (models x backends x threads)",
+                                 param_hint="--together")
     busy = _busy()
     if busy:
         click.echo(f"edge-slim bench: warning: {busy}; other work is running and the times will be noisy", err=True)
     with Progress(rounds, "bench rounds") as bar:
-        report = bench(configs, rounds=rounds, block=block, warmup=warmup, samples=samples, progress=bar.update)
+        report = bench(configs, rounds=rounds, block=block, warmup=warmup, samples=samples, calls=what,
+                       questions=questions or 0, together=together, image_px=image_px, progress=bar.update)
     emit(report, as_json, table(report))
