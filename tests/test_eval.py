@@ -25,3 +25,19 @@ def test_eval_other_backend_agrees(backend):
     assert b["backend"] == backend
     for k in ("vqa_accuracy", "match_r1", "locate_iou50"):
         assert abs(a[k] - b[k]) <= 0.01, (k, a, b)
+
+
+def test_eval_renderers_side_by_side_through_cli():
+    from conftest import assert_clean_error
+    d = json.loads(cli("eval", "--samples", 2, "--renderer", "flat,unseen", "--json", check=0).stdout)
+    assert d["renderers"] == ["flat", "unseen"] and d["seed"] == 1
+    for name in d["renderers"]:
+        r = d["results"][name]
+        assert KEYS <= set(r) and r["renderer"] == name and r["samples"] == 2
+    one = json.loads(cli("eval", "--samples", 2, "--renderer", "unseen", "--json", check=0).stdout)
+    assert one["renderer"] == "unseen" and one["per_family"] == d["results"]["unseen"]["per_family"]
+    text = cli("eval", "--samples", 1, "--renderer", "raycast,varied2d", check=0).stdout
+    assert "raycast" in text.splitlines()[0] and "varied2d" in text.splitlines()[0] and "match R@1" in text
+    p = cli("eval", "--samples", 1, "--renderer", "flat,cartoon")
+    assert_clean_error(p, 3)
+    assert len(p.stderr.strip().splitlines()) == 1 and "cartoon" in p.stderr

@@ -80,3 +80,33 @@ def test_every_object_centre_in_its_own_cell():
     for i in range(300):
         cells = [int(o["y"] // G.CELL) * G.GRID + int(o["x"] // G.CELL) for o in G.sample_scene(1, i)["objects"]]
         assert len(cells) == len(set(cells))
+
+
+def test_free_layout_anywhere_one_centre_per_cell():
+    for i in range(300):
+        objs = G.sample_scene(1, i, layout="free")["objects"]
+        assert 3 <= len(objs) <= 6
+        cells = [G.cell_index(o["x"], o["y"]) for o in objs]
+        assert len(cells) == len(set(cells))
+        for j, o in enumerate(objs):
+            assert o["r"] + 1 - 1e-6 <= o["x"] <= 95 - o["r"] + 1e-6 and o["r"] + 1 - 1e-6 <= o["y"] <= 95 - o["r"] + 1e-6
+            for p in objs[:j]:
+                assert np.hypot(o["x"] - p["x"], o["y"] - p["y"]) >= 0.75 * (o["r"] + p["r"]) - 1e-6
+    with pytest.raises(ValueError, match="layout"):
+        G.sample_scene(1, 0, layout="spiral")
+
+
+def test_vertical_relations_need_centre_and_floor_point_to_agree():
+    a, b = {"x": 10, "y": 10, "gy": 30}, {"x": 30, "y": 20, "gy": 28}
+    assert G.relation_holds(a, b, "left of") is True
+    assert G.relation_holds(a, b, "above") is None  # centres say above; floor points are too close
+    b["gy"] = 40
+    assert G.relation_holds(a, b, "above") is True and G.relation_holds(a, b, "below") is False
+    assert G.relation_holds(a, b, "above", margin=12) is None
+    scene = {"objects": [{**a, "shape": "cube", "color": "red", "size": "small"},
+                         {**b, "shape": "cone", "color": "red", "size": "small", "gy": 25}]}
+    with pytest.raises(Exception, match="disagree"):
+        answer(scene, "is the cube above the cone?")
+    scene["margin"] = 12
+    with pytest.raises(Exception, match="too close"):
+        answer(scene, "is the cube above the cone?")

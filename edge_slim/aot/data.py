@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..scenes import generate as G
+from ..scenes import renderers as R
 from ..scenes.caption import caption, encode_caption
 from ..scenes.grammar import ANSWERS, COLORS, FAMILIES, SHAPES, SIZES
 from ..scenes.render import render
@@ -52,12 +53,27 @@ def make_tokenizer(max_len: int) -> Tokenizer:
     return Tokenizer(vocabulary(), max_len, SYNONYMS)
 
 
-def _scene_arrays(seed: int, i: int, tok: Tokenizer) -> dict:
-    scene = G.sample_scene(seed, i)
+def pick_renderer(seed: int, i: int, mix: dict[str, float]) -> str:
+    """The renderer of training scene i: drawn from the mix, seeded by the scene (so a cache is reproducible)."""
+    if len(mix) == 1:
+        return next(iter(mix))
+    names = sorted(mix)
+    return names[int(np.random.default_rng([seed, i, 11]).choice(len(names), p=[mix[n] for n in names]))]
+
+
+def mix_tag(renderers: dict[str, float] | str | None) -> str:
+    """A cache-file suffix naming a renderer mix ('' for flat only, so today's caches keep their names)."""
+    mix = R.parse_mix(renderers or {"flat": 1.0})
+    return "" if mix == {"flat": 1.0} else "-" + "-".join(f"{k}{v:.2f}" for k, v in sorted(mix.items()))
+
+
+def _scene_arrays(seed: int, i: int, tok: Tokenizer, mix: dict[str, float] | None = None) -> dict:
+    name = pick_renderer(seed, i, mix or {"flat": 1.0})
+    scene = R.place(name, seed, i)  # the flat renderer's is generate.sample_scene(seed, i)
     rng = np.random.default_rng([seed, i, 7])
-    hi_res = rng.random() < 0.3  # some scenes rendered at 2x and resized, as user images are
-    img = render(scene, 2 * IMAGE_SIZE if hi_res else IMAGE_SIZE)
-    if hi_res:
+    hi_res = rng.random() < 0.3  # some flat scenes rendered at 2x and resized, as user images are
+    img = render(scene, 2 * IMAGE_SIZE if hi_res else IMAGE_SIZE) if name == "flat" else R.draw(name, scene)
+    if img.size != (IMAGE_SIZE, IMAGE_SIZE):  # other renderers draw 160-512 px images: preprocess them
         img = load_image(img).resize((IMAGE_SIZE, IMAGE_SIZE), resample=2)  # Image.BILINEAR, as preprocess does
     fams = list(FAMILY_WEIGHTS)
     w = np.array([FAMILY_WEIGHTS[f] for f in fams])
@@ -94,15 +110,19 @@ def _scene_arrays(seed: int, i: int, tok: Tokenizer) -> dict:
 
 
 def _chunk(args):
-    seed, start, stop, max_len = args
+    seed, start, stop, max_len, mix = args
     tok = make_tokenizer(max_len)
-    rows = [_scene_arrays(seed, i, tok) for i in range(start, stop)]
+    rows = [_scene_arrays(seed, i, tok, mix) for i in range(start, stop)]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def build_cache(n: int, seed: int = 0, max_len: int = 16, workers: int = 2, progress=None) -> Cache:
+def build_cache(n: int, seed: int = 0, max_len: int = 16, workers: int = 2, progress=None,
+                renderers: dict[str, float] | str | None = None) -> Cache:
+    """Render n training scenes. renderers: a mix such as {"flat": 0.2, "varied2d": 0.4, "raycast": 0.4}
+    (scenes/renderers.parse_mix; default: flat only, today's recipe)."""
+    mix = R.parse_mix(renderers or {"flat": 1.0})
     step = 500
-    jobs = [(seed, s, min(n, s + step), max_len) for s in range(0, n, step)]
+    jobs = [(seed, s, min(n, s + step), max_len, mix) for s in range(0, n, step)]
     parts = []
     with mp.get_context("fork").Pool(workers) as pool:
         for part in pool.imap(_chunk, jobs):

@@ -45,6 +45,7 @@ class TrainArgs:
     threads: int = 0
     init_from: str = ""  # warm-start weights from this checkpoint (new parameters keep their init)
     minutes: float = 0.0  # if set, the schedule runs on wall-clock time and training stops at the budget
+    renderers: str = "flat"  # training renderer mix, e.g. "flat:0.2,varied2d:0.4,raycast:0.4" (scenes/renderers.py)
     overrides: dict = field(default_factory=dict)
 
 
@@ -269,14 +270,14 @@ def train(a: TrainArgs, log=print) -> Path:
 
 
 def _get_cache(a: TrainArgs, cfg: Config, log) -> D.Cache:
-    path = Path(a.cache_dir) / f"scenes-s{a.seed}-n{a.scenes}-L{cfg.max_tokens}.npz"
+    path = Path(a.cache_dir) / f"scenes-s{a.seed}-n{a.scenes}-L{cfg.max_tokens}{D.mix_tag(a.renderers)}.npz"
     if path.exists():
         log(f"scene cache: {path}")
         return D.load_cache(path)
     from tqdm import tqdm
     log(f"rendering {a.scenes} scenes into {path} (once)")
     with tqdm(total=a.scenes, desc="render", dynamic_ncols=True) as bar:
-        cache = D.build_cache(a.scenes, seed=a.seed, max_len=cfg.max_tokens, progress=bar.update)
+        cache = D.build_cache(a.scenes, seed=a.seed, max_len=cfg.max_tokens, progress=bar.update, renderers=a.renderers)
     path.parent.mkdir(parents=True, exist_ok=True)
     D.save_cache(cache, path)
     return cache

@@ -6,26 +6,58 @@ import click
 from .common import backend_option, emit, json_option, model_option, threads_option
 
 
+def _table(results: dict, backend: str) -> str:
+    """Figures per renderer side by side: one column each."""
+    names = list(results)
+    first = results[names[0]]
+    rows = [("VQA accuracy", "vqa_accuracy")] + [(f"  {k}", k) for k in first["per_family"]]
+    rows += [("match R@1", "match_r1"), ("locate IoU>=.5", "locate_iou50")]
+    if "type_errors" in first:
+        rows.append(("type errors", "type_errors"))
+    width = max(10, *(len(n) for n in names))
+    out = [f"{'':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
+    for label, key in rows:
+        vals = [r["per_family"].get(key) if key in first["per_family"] else r.get(key) for r in results.values()]
+        out.append(f"{label:<16}" + "".join(f"{'-' if v is None else (v if isinstance(v, int) else f'{v:.4f}'):>{width + 2}}"
+                                             for v in vals))
+    out.append(f"({first['samples']} scenes each, seed {first['seed']}, backend {backend})")
+    return "\n".join(out)
+
+
 @click.command("eval")
 @model_option
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None, help="Shipped variant (without --model).")
 @backend_option
 @click.option("--samples", type=click.IntRange(1, 1_000_000), default=500, show_default=True, help="Scenes to generate.")
 @click.option("--seed", type=int, default=None, help="Scene stream (default 1; training used 0).")
+@click.option("--renderer", "renderer", default="flat", show_default=True, metavar="NAME[,NAME...]",
+              help="Renderer(s) that draw the scenes: flat, varied2d, raycast, unseen (evaluation only); "
+                   "a comma list reports them side by side.")
 @threads_option
 @json_option
-def eval_cmd(model, precision, backend, samples, seed, threads, as_json):
+def eval_cmd(model, precision, backend, samples, seed, renderer, threads, as_json):
     """VQA accuracy (overall and per question family), matching R@1 and locate IoU>=0.5."""
     import edge_slim
 
     from ..scenes.evaluate import DEFAULT_EVAL_SEED, evaluate
+    from ..scenes.renderers import parse_names
     from .progress import Progress
+    names = parse_names(renderer)  # a bad name fails before the model loads
     s = edge_slim.load(model, backend=backend, threads=threads, precision=precision)
-    with Progress(samples, "eval", enabled=True) as bar:
-        r = evaluate(s, samples=samples, seed=DEFAULT_EVAL_SEED if seed is None else seed, progress=bar.update)
-    r["backend"] = s.backend_name
-    text = [f"VQA accuracy   {r['vqa_accuracy']:.4f}"]
-    text += [f"  {k:<12} {v:.4f}" for k, v in r["per_family"].items()]
-    text += [f"match R@1      {r['match_r1']:.4f}", f"locate IoU>=.5 {r['locate_iou50']:.4f}",
-             f"({r['samples']} scenes, seed {r['seed']}, backend {r['backend']})"]
-    emit(r, as_json, "\n".join(text))
+    seed = DEFAULT_EVAL_SEED if seed is None else seed
+    results = {}
+    with Progress(samples * len(names), "eval", enabled=True) as bar:
+        for name in names:
+            results[name] = evaluate(s, samples=samples, seed=seed, progress=bar.update, renderer=name)
+    if len(names) == 1:
+        r = {**results[names[0]], "backend": s.backend_name}
+        text = [f"VQA accuracy   {r['vqa_accuracy']:.4f}"]
+        text += [f"  {k:<12} {v:.4f}" for k, v in r["per_family"].items()]
+        text += [f"match R@1      {r['match_r1']:.4f}", f"locate IoU>=.5 {r['locate_iou50']:.4f}"]
+        if "type_errors" in r:
+            text.append(f"type errors    {r['type_errors']}")
+        text.append(f"({r['samples']} scenes, seed {r['seed']}, renderer {r['renderer']}, backend {r['backend']})")
+        emit(r, as_json, "\n".join(text))
+    else:
+        emit({"renderers": names, "results": results, "samples": samples, "seed": seed, "backend": s.backend_name},
+             as_json, _table(results, s.backend_name))

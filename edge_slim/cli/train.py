@@ -28,15 +28,22 @@ def _need_torch():
 @click.option("--threads", type=click.IntRange(0), default=0, help="Torch threads (0 = torch's default).")
 @click.option("--init-from", default="", help="Warm-start from a checkpoint (new parameters keep their init).")
 @click.option("--warmup", type=click.IntRange(0), default=400, show_default=True, help="Linear warm-up steps.")
-def train_cmd(size, steps, minutes, batch, lr, scenes, seed, out, cache_dir, eval_every, threads, init_from, warmup):
+@click.option("--renderers", default="flat", show_default=True, metavar="MIX",
+              help="Renderer mix of the training scenes, e.g. flat:0.2,varied2d:0.4,raycast:0.4 (docs/scenes.md).")
+def train_cmd(size, steps, minutes, batch, lr, scenes, seed, out, cache_dir, eval_every, threads, init_from, warmup,
+              renderers):
     """Train SlimPajama's three heads jointly on generated scenes (seeded, resumable)."""
+    from ..scenes.renderers import parse_mix
+    mix = parse_mix(renderers)  # a bad mix fails before torch is needed or anything is rendered
     _need_torch()
     from ..aot.train import TrainArgs, train
     a = TrainArgs(size=size, steps=steps, minutes=minutes, batch=batch, lr=lr, scenes=scenes, seed=seed, out=out,
-                  eval_every=eval_every, threads=threads, init_from=init_from, warmup=warmup)
+                  eval_every=eval_every, threads=threads, init_from=init_from, warmup=warmup,
+                  renderers=",".join(f"{k}:{v:g}" for k, v in mix.items()))
     if cache_dir:
         a.cache_dir = cache_dir
-    click.echo(f"training {size} -> {out} ({'%g min' % minutes if minutes else f'{steps} steps'}, batch {batch}, lr {lr}, seed {seed})", err=True)
+    click.echo(f"training {size} -> {out} ({'%g min' % minutes if minutes else f'{steps} steps'}, batch {batch}, lr {lr}, seed {seed}, "
+               f"renderers {a.renderers})", err=True)
     ckpt = train(a, log=lambda m: click.echo(m, err=True))
     click.echo(str(ckpt))
 

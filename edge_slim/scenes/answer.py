@@ -45,15 +45,23 @@ def _unique(scene, words):
 
 
 def _rel(a, b, rel, margin):
-    d = {"left of": b["x"] - a["x"], "right of": a["x"] - b["x"], "above": b["y"] - a["y"],
-         "below": a["y"] - b["y"]}[rel]
+    def diff(key):
+        return {"left of": b[key] - a[key], "right of": a[key] - b[key]} if key == "x" else \
+               {"above": b[key] - a[key], "below": a[key] - b[key]}
+    d = diff("x" if rel in ("left of", "right of") else "y")[rel]
     if abs(d) <= margin:
         raise BadInputError("the two objects are too close to say")
+    if rel in ("above", "below") and "gy" in a and "gy" in b:  # 3-D renders: floor points must agree
+        g = diff("gy")[rel]
+        if abs(g) <= margin or (g > 0) != (d > 0):
+            raise BadInputError("the two objects' centres and floor points disagree")
     return d > 0
 
 
-def answer(scene: dict, question: str, margin: float = 3.0) -> str:
-    """The answer word for a question of the grammar about `scene`."""
+def answer(scene: dict, question: str, margin: float | None = None) -> str:
+    """The answer word for a question of the grammar about `scene` (margin: the scene's own
+    `margin` if it has one, else 3 px)."""
+    margin = float(scene.get("margin", 3.0)) if margin is None else margin
     q = question.strip().lower().rstrip("?").strip()
     if m := re.fullmatch(r"what (color|shape|size) is the ([a-z ]+)", q):
         return _unique(scene, m[2])[m[1]]

@@ -10,8 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import generate as G
+from . import renderers as R
 from .render import MODEL_RES, render
+from ..vision.preprocess import load_image
 
 DEFAULT_EVAL_SEED = 1  # training draws scenes from seed 0; any other seed is held out
 
@@ -24,14 +25,25 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def model_image(renderer: str, scene: dict):
+    """The 96x96 image the model sees of a placed scene: the renderer's image (160-512 px for all
+    but 'flat') resized as the runtime's preprocessing does, so boxes stay in canvas pixels."""
+    if renderer == "flat":
+        return render(scene, MODEL_RES)
+    img = R.draw(renderer, scene)
+    return img if img.size == (MODEL_RES, MODEL_RES) else load_image(img).resize((MODEL_RES, MODEL_RES), resample=2)
+
+
 def evaluate(session, samples: int = 500, seed: int = DEFAULT_EVAL_SEED,
-             progress: Callable[[int], None] | None = None) -> dict:
-    """Evaluate a Session on `samples` fresh scenes of stream `seed`."""
+             progress: Callable[[int], None] | None = None, renderer: str = R.DEFAULT_RENDERER) -> dict:
+    """Evaluate a Session on `samples` fresh scenes of stream `seed`, drawn by `renderer`
+    (scenes/renderers.py; the same scenes' layouts and questions for any renderer of one layout)."""
+    R.get(renderer)
     fam_ok: dict[str, list[int]] = {}
     r1, iou = [], []
     for i in range(samples):
-        s = G.sample(seed, i)
-        img = render(s["scene"], MODEL_RES)
+        s = R.sample(renderer, seed, i)
+        img = model_image(renderer, s["scene"])
         qs = s["questions"]
         for q, a in zip(qs, session.ask(img, [q["text"] for q in qs])):
             fam_ok.setdefault(q["family"], []).append(int(a.answer == q["answer"]))
@@ -45,4 +57,4 @@ def evaluate(session, samples: int = 500, seed: int = DEFAULT_EVAL_SEED,
             "per_family": {k: round(float(np.mean(fam_ok[k])), 4) for k in sorted(fam_ok)},
             "match_r1": round(float(np.mean(r1)), 4),
             "locate_iou50": round(float(np.mean(np.array(iou) >= 0.5)), 4),
-            "samples": samples, "seed": seed}
+            "samples": samples, "seed": seed, "renderer": renderer}

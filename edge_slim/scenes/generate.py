@@ -5,8 +5,10 @@ scene's objects by the functions here, so a hand-written scene gets its answers
 the same way (see docs/scenes.md).
 
 Layout: the 96x96 canvas is a 6x6 grid of 16-pixel cells; each object's centre
-lies in its own cell, jittered by up to 5 pixels, and centres keep a minimum
-distance, so objects may partially occlude each other but never hide.
+lies in its own cell, jittered by up to 5 pixels ("grid", the default), or anywhere
+on the canvas ("free", used by the varied renderers) as long as no two centres share
+a cell (training's per-cell targets stay defined). Centres keep a minimum distance,
+so objects may partially occlude each other but never hide.
 """
 from __future__ import annotations
 
@@ -24,20 +26,47 @@ def _rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), int(stream)])
 
 
-def sample_scene(seed: int, index: int) -> dict:
-    """Scene number `index` of the stream `seed`; the same pair always gives the same scene."""
+LAYOUTS = ("grid", "free")
+
+
+def cell_index(x: float, y: float) -> int:
+    """The 16-px cell (0..35, row-major) that holds the point (x, y) of the 96x96 canvas."""
+    return int(y // CELL) * GRID + int(x // CELL)
+
+
+def _positions(rng, layout: str):
+    """Yield (size, r, x, y) candidates; the caller keeps those far enough from the others."""
+    if layout == "grid":
+        for cell in rng.permutation(GRID * GRID):
+            size = SIZES[rng.integers(2)]
+            r = SIZE_RADIUS[size] + rng.uniform(-0.5, 0.5)
+            cy, cx = divmod(int(cell), GRID)
+            x = float(np.clip(CELL * cx + CELL / 2 + rng.uniform(-5, 5), r + 1, 95 - r))
+            y = float(np.clip(CELL * cy + CELL / 2 + rng.uniform(-5, 5), r + 1, 95 - r))
+            yield size, r, x, y
+    elif layout == "free":
+        for _ in range(400):
+            size = SIZES[rng.integers(2)]
+            r = SIZE_RADIUS[size] + rng.uniform(-0.5, 0.5)
+            yield size, r, round(float(rng.uniform(r + 1, 95 - r)), 2), round(float(rng.uniform(r + 1, 95 - r)), 2)
+    else:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def sample_scene(seed: int, index: int, layout: str = "grid", min_dist: float = 0.75) -> dict:
+    """Scene number `index` of the stream `seed`; the same arguments always give the same scene.
+
+    min_dist: two centres are at least min_dist x (sum of half-extents) apart. "free" layouts
+    also keep every centre in its own 16-px cell, as the grid does by construction."""
     rng = _rng(seed, index)
     n = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     objects: list[dict] = []
-    for cell in rng.permutation(GRID * GRID):
-        if len(objects) == n:
-            break
-        size = SIZES[rng.integers(2)]
-        r = SIZE_RADIUS[size] + rng.uniform(-0.5, 0.5)
-        cy, cx = divmod(int(cell), GRID)
-        x = float(np.clip(CELL * cx + CELL / 2 + rng.uniform(-5, 5), r + 1, 95 - r))
-        y = float(np.clip(CELL * cy + CELL / 2 + rng.uniform(-5, 5), r + 1, 95 - r))
-        if any(np.hypot(x - o["x"], y - o["y"]) < 0.75 * (r + o["r"]) for o in objects):
+    candidates = _positions(rng, layout)
+    while len(objects) < n and (c := next(candidates, None)) is not None:
+        size, r, x, y = c  # drawn only while objects are missing: the rng stream stays today's
+        if any(np.hypot(x - o["x"], y - o["y"]) < min_dist * (r + o["r"]) for o in objects):
+            continue
+        if layout != "grid" and any(cell_index(x, y) == cell_index(o["x"], o["y"]) for o in objects):
             continue
         shape = SHAPES[rng.integers(len(SHAPES))]
         objects.append({"shape": shape, "color": tuple(COLORS)[rng.integers(len(COLORS))],
@@ -51,8 +80,11 @@ def sample_scene(seed: int, index: int) -> dict:
         hw = 0.8 * o["r"] if o["shape"] == "cylinder" else o["r"]
         o["box"] = [round(o["x"] - hw, 2), round(o["y"] - o["r"], 2),
                     round(o["x"] + hw, 2), round(o["y"] + o["r"], 2)]
-    return {"seed": int(seed), "index": int(index), "render_seed": [int(seed), int(index), 1],
-            "objects": objects}
+    scene = {"seed": int(seed), "index": int(index), "render_seed": [int(seed), int(index), 1],
+             "objects": objects}
+    if layout != "grid":
+        scene["layout"] = layout
+    return scene
 
 
 # ---- descriptions -------------------------------------------------------------------------
@@ -89,11 +121,26 @@ def unique_descs(scene: dict, i: int, without: str | None = None) -> list[dict]:
     return out
 
 
-def relation_holds(a: dict, b: dict, rel: str) -> bool | None:
-    """True/False for 'a rel b', None when the centres are too close to say."""
-    d = {"left of": b["x"] - a["x"], "right of": a["x"] - b["x"],
-         "above": b["y"] - a["y"], "below": a["y"] - b["y"]}[rel]
-    return None if abs(d) <= RELATION_MARGIN else d > 0
+def relation_holds(a: dict, b: dict, rel: str, margin: float = RELATION_MARGIN) -> bool | None:
+    """True/False for 'a rel b', None when the centres are too close to say.
+
+    Objects of a 3-D render also carry `gy`, the y of the point where they stand on the floor:
+    a person may judge above/below by that point rather than by the centre, so a vertical
+    relation holds only when both agree, each by more than the margin."""
+    sign = {"left of": ("x", 1), "right of": ("x", -1), "above": ("y", 1), "below": ("y", -1)}[rel]
+    d = sign[1] * (b[sign[0]] - a[sign[0]])
+    if abs(d) <= margin:
+        return None
+    if sign[0] == "y" and "gy" in a and "gy" in b:
+        g = sign[1] * (b["gy"] - a["gy"])
+        if abs(g) <= margin or (g > 0) != (d > 0):
+            return None
+    return d > 0
+
+
+def scene_margin(scene: dict) -> float:
+    """The relation margin of a scene: the grammar's, or the wider one a renderer asked for."""
+    return float(scene.get("margin", RELATION_MARGIN))
 
 
 def _pick(rng, seq):
@@ -146,7 +193,7 @@ def question(scene: dict, family: str, rng: np.random.Generator) -> dict | None:
                  if i != j]
         for i, j in pairs:
             rel = _pick(rng, RELATIONS)
-            truth = relation_holds(objs[i], objs[j], rel)
+            truth = relation_holds(objs[i], objs[j], rel, scene_margin(scene))
             di, dj = unique_descs(scene, i), unique_descs(scene, j)
             if truth is None or not di or not dj:
                 continue
@@ -195,7 +242,7 @@ def caption_truth(scene: dict, c: dict) -> bool | None:
     b = select(scene, c["d2"])
     if c["kind"] == "and":
         return any(i != j for i in a for j in b)
-    verdicts = {relation_holds(objs[i], objs[j], c["rel"]) for i in a for j in b if i != j}
+    verdicts = {relation_holds(objs[i], objs[j], c["rel"], scene_margin(scene)) for i in a for j in b if i != j}
     if True in verdicts:
         return True
     return None if None in verdicts else False
@@ -216,7 +263,7 @@ def true_caption(scene: dict, rng: np.random.Generator) -> dict:
             c["d2"] = _caption_desc(rng, objs[j])
         if kind == "rel":
             c["rel"] = _pick(rng, RELATIONS)
-            if relation_holds(objs[i], objs[j], c["rel"]) is not True:
+            if relation_holds(objs[i], objs[j], c["rel"], scene_margin(scene)) is not True:
                 continue
         if caption_truth(scene, c) is True:
             return {**c, "text": caption_text(c)}
@@ -256,10 +303,11 @@ def match_candidates(scene: dict, rng: np.random.Generator, n: int = 8) -> tuple
     return [texts[k] for k in order], order.index(0)
 
 
-def sample(seed: int, index: int) -> dict:
+def sample(seed: int, index: int, scene: dict | None = None) -> dict:
     """A full evaluation sample: scene, one question per family, one referring expression,
-    and matching candidates."""
-    scene = sample_scene(seed, index)
+    and matching candidates. `scene` (default: sample_scene(seed, index)) may be a scene a
+    renderer has placed (scenes/renderers.py), whose boxes and margins the answers then use."""
+    scene = sample_scene(seed, index) if scene is None else scene
     rng = _rng(seed, index, 3)
     cands, true_idx = match_candidates(scene, rng)
     return {"scene": scene, "questions": questions(scene), "refer": referring(scene, rng),
