@@ -186,7 +186,7 @@ def place(scene: dict) -> dict:
     rng = _rng(scene, 0)
     cam = {"elevation": float(rng.uniform(np.radians(38), np.radians(70))),
            "azimuth": float(rng.uniform(0, 2 * np.pi))}
-    wh = P.canvas_size(rng, 160, 320)
+    wh = P.canvas_size(rng, 160, 512)
     sx, sy, s = P.scales(wh)
     _, right, up = camera_basis(cam)
     floor = np.array([[right[0], right[1]], [-up[0], -up[1]]])  # floor (X, Y) -> image offset (u, v)
@@ -259,13 +259,17 @@ def draw(scene: dict) -> Image.Image:
     L = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
     lit = np.ones(len(org))
     start = pts + nrm * 0.3
-    for o in scene["objects"]:  # shadow rays towards the sun
-        k = o["pose"]
-        c = np.array([k["X"], k["Y"], k["g"] * (1.1 if o["shape"] != "torus" else 0.5)])
-        rad = k["g"] * 2.0
-        rel = c - start
-        along = rel @ L
-        near = np.nonzero((np.einsum("ij,ij->i", rel, rel) - along ** 2 < rad * rad) & (along > -rad))[0]
+    # shadow rays towards the sun, exact only where a ray passes an object's bounding sphere:
+    # |c - p|^2 - ((c - p).L)^2 < rad^2, for all objects at once with one matrix product
+    cs = np.array([[o["pose"]["X"], o["pose"]["Y"], o["pose"]["g"] * (1.1 if o["shape"] != "torus" else 0.5)]
+                   for o in scene["objects"]])
+    rads = np.array([o["pose"]["g"] * 2.0 for o in scene["objects"]])
+    sl, s2 = start @ L, np.einsum("ij,ij->i", start, start)
+    along = cs @ L - sl[:, None]                                       # [N,K]
+    dist2 = (cs * cs).sum(1) - 2 * (start @ cs.T) + s2[:, None] - along ** 2
+    cand = (dist2 < rads * rads) & (along > -rads)
+    for i, o in enumerate(scene["objects"]):
+        near = np.nonzero(cand[:, i])[0]
         if len(near):
             uo, ud, _ = _to_unit(o, start[near], L)
             lit[near[np.isfinite(intersect(o, uo, ud))]] = 0.0
@@ -288,11 +292,12 @@ def draw(scene: dict) -> Image.Image:
         if not m.any():
             continue
         base, n = P.sample_color(rng, o["color"]), nrm[m]
+        flat = 0.45 if o["shape"] == "cube" else 1.0  # a flat face lights up whole: keep its colour
         spec = np.clip(n @ hv, 0, 1)
         if rng.random() < 0.4:  # metal: the reflected sky/floor tinted by the colour, a sharp highlight
             refl = fwd - 2 * (n @ fwd)[:, None] * n
             env = np.where((refl[:, 2] > 0)[:, None], sky, floor_env) * (0.55 + 0.45 * np.abs(refl[:, 2:3]))
-            col = base * (0.15 + 0.45 * ndl[m, None] + 0.55 * env) + lit[m, None] * rng.uniform(0.35, 0.7) * spec[:, None] ** rng.uniform(40, 120)
+            col = base * (0.15 + 0.45 * ndl[m, None] + 0.55 * env) + lit[m, None] * rng.uniform(0.35, 0.7) * flat * spec[:, None] ** rng.uniform(40, 120)
         else:
             col = base * (amb + (1 - amb) * ndl[m, None]) + lit[m, None] * rng.uniform(0.05, 0.3) * spec[:, None] ** 12
         img[m] = col

@@ -4,7 +4,7 @@ It differs from every training look on purpose: paper backgrounds (grain, ruled 
 ink outlines that wobble like a pen, flat cel-shaded fills (two or three hard-edged tones, no
 gradients, no reflections), hatched shadows, a cube drawn isometrically (a hexagon of three faces),
 a tilted ring for the torus, and its own palette inside each colour name (MARKER_HSV: marker-pen
-values, mostly outside the training ranges, still read as the same names by a person).
+values that overlap the training ranges only in part, still read as the same names by a person).
 Centres, half-extents and relations are the grammar's, as in the other renderers.
 """
 from __future__ import annotations
