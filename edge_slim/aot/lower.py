@@ -35,11 +35,11 @@ import numpy as np
 from .. import targets as T
 from ..errors import BadInputError, MissingDependencyError, ModelError
 from ..runtime import bundle as B
+from .onnx_rewrites import ONNX_DTYPES, check_operators
 
 COPY_KEYS = ("config", "inputs", "outputs", "tokenizer", "answers", "preprocess", "eval")
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
              "ConvInteger", "QLinearMatMul", "QLinearConv", "MatMulNBits"}
-ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
 
 
 @dataclass
@@ -51,6 +51,9 @@ class Job:
     precision: str | None = None
     out: Path | None = None
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    dynamic: dict[str, int] = field(default_factory=dict)     # symbolic dimension -> upper bound
+    binds: dict[str, object] = field(default_factory=dict)    # input -> constant value
+    preprocess: dict | None = None                            # image preprocessing spec for `run`
     tune_trials: int | None = None
     cuda_arch: str | None = None
     debug_dump: Path | None = None
@@ -86,7 +89,7 @@ def phase_load(job: Job):
         m = onnx.load(str(job.onnx_path))
     except Exception as e:  # onnx raises DecodeError and friends
         raise ModelError(f"{job.onnx_path}: not a readable ONNX model ({e})") from None
-    job.inputs = _static_inputs(m, job)
+    m = _prepare_graph(m, job)
     m = legalize_qlinear(m, job)
     if any(n.op_type == "Shape" for n in m.graph.node) and job.bundle is None:
         m = _fold_shapes(m, job)
@@ -105,32 +108,22 @@ def phase_load(job: Job):
     return None
 
 
-def _static_inputs(m, job: Job) -> list[dict]:
-    init = {i.name for i in m.graph.initializer}
-    out = []
-    unknown = set(job.input_shapes) - {i.name for i in m.graph.input}
-    if unknown:
-        raise BadInputError(f"--input-shape names {', '.join(sorted(unknown))}, which the model does not have "
-                            f"(its inputs: {', '.join(i.name for i in m.graph.input if i.name not in init)})")
-    for i in m.graph.input:
-        if i.name in init:
-            continue
-        tt = i.type.tensor_type
-        dtype = ONNX_DTYPES.get(tt.elem_type)
-        if dtype is None:
-            raise ModelError(f"input {i.name}: element type {tt.elem_type} is not supported")
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if i.name in job.input_shapes:
-            given = job.input_shapes[i.name]
-            if len(given) != len(dims) or any(d is not None and d != g for d, g in zip(dims, given)):
-                raise BadInputError(f"--input-shape {i.name}={','.join(map(str, given))} does not fit the "
-                                    f"model's shape {[d if d is not None else '?' for d in dims]}")
-            dims = list(given)
-        if any(d is None for d in dims):
-            raise BadInputError(f"input {i.name} has dynamic dimensions {[d if d is not None else '?' for d in dims]}; "
-                                f"fix them with --input-shape {i.name}=" + ",".join(str(d or 1) for d in dims))
-        out.append({"name": i.name, "shape": dims, "dtype": dtype})
-    return out
+def _prepare_graph(m, job: Job):
+    """Input shapes, bound inputs, constant folding with If inlining, operator rewrites (onnx_rewrites.py)."""
+    from . import onnx_rewrites as R
+    job.inputs = R.resolve_inputs(m, job.input_shapes, job.dynamic, job.binds)
+    if job.binds:
+        job.flags["bound_inputs"] = R.bind_inputs(m, job.binds)
+    R.apply_input_specs(m, job.inputs)
+    if job.bundle is None:  # bring-your-own graphs; the SlimPajama bundles import as exported
+        stats = R.fold(m)
+        job.flags.update({f"onnx_{k}": v for k, v in stats.items() if v})
+        rewritten = R.apply_rewrites(m)
+        if rewritten:
+            job.flags["onnx_rewrites"] = rewritten
+    if job.dynamic:
+        job.flags["dynamic_dims"] = dict(job.dynamic)
+    return m
 
 
 def _fold_shapes(m, job: Job):
@@ -144,7 +137,7 @@ def _fold_shapes(m, job: Job):
         return m
     for i in m.graph.input:
         spec = next((x for x in job.inputs if x["name"] == i.name), None)
-        if spec:
+        if spec and not spec.get("dynamic"):
             for d, v in zip(i.type.tensor_type.shape.dim, spec["shape"]):
                 d.ClearField("dim_param")
                 d.dim_value = v
@@ -202,35 +195,14 @@ def legalize_qlinear(m, job: Job):
     return m
 
 
-def check_operators(m) -> None:
-    """Every operator the TVM importer lacks, by name, all at once."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-    known = _get_convert_map()
-    bad: dict[str, int] = {}
-    for n in _all_nodes(m.graph):
-        domain = n.domain or "ai.onnx"
-        if domain not in ("ai.onnx", "") or n.op_type not in known:
-            key = n.op_type if domain == "ai.onnx" else f"{domain}.{n.op_type}"
-            bad[key] = bad.get(key, 0) + 1
-    if bad:
-        listed = ", ".join(f"{k} ({v} node{'s' if v > 1 else ''})" for k, v in sorted(bad.items()))
-        raise ModelError(f"the graph uses operators TVM's ONNX importer does not support: {listed}")
-
-
-def _all_nodes(g):
-    for n in g.node:
-        yield n
-        for a in n.attribute:
-            if a.g is not None and len(a.g.node):
-                yield from _all_nodes(a.g)
-
-
 def phase_import(job: Job):
     from tvm.relax.frontend.onnx import from_onnx
-    shapes = {i["name"]: i["shape"] for i in job.inputs}
+    shapes = {i["name"]: i["shape"] for i in job.inputs if not i.get("dynamic")}  # symbolic: from the graph
     dtypes = {i["name"]: i["dtype"] for i in job.inputs}
     try:
         job.mod = from_onnx(job.onnx_model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+        if job.dynamic:  # memory is planned for the largest size (Relax reads this attribute)
+            job.mod["main"] = job.mod["main"].with_attr("tir_var_upper_bound", dict(job.dynamic))
     except Exception as e:  # the importer raises many kinds; the first line says which op failed
         raise ModelError(f"TVM could not import {job.onnx_path}: {type(e).__name__}: "
                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from None
@@ -404,16 +376,23 @@ def compile_model(source: str | os.PathLike | None, target: str, *, precision: s
                   out: str | os.PathLike | None = None, tune_trials: int | None = None,
                   input_shapes: dict[str, list[int]] | None = None, cuda_arch: str | None = None,
                   recipe: str | None = None, debug_dump: str | os.PathLike | None = None,
-                  tuning_dir: str | os.PathLike | None = None,
+                  tuning_dir: str | os.PathLike | None = None, dynamic: dict[str, int] | None = None,
+                  binds: dict[str, object] | None = None, preprocess: dict | None = None,
                   progress: Callable[[dict], None] | None = None) -> dict:
-    """Compile `source` for `target`; returns the written bundle's manifest plus its path."""
+    """Compile `source` for `target`; returns the written bundle's manifest plus its path.
+
+    `input_shapes` fixes dynamic dimensions, `dynamic` keeps named ones symbolic ({dim: upper bound}),
+    `binds` turns inputs into constants ({input: value}), `preprocess` (an image spec, see
+    edge_slim/vision/spec.py) is stored for `edge-slim run IMAGE`.
+    """
     tgt = T.get_target(target)
     rec = T.get_recipe(recipe or tgt.recipe)
     check_toolchain(tgt)
     src = Path(source) if source is not None else None
     job = Job(source=src, target=tgt, recipe=rec, precision=precision, input_shapes=dict(input_shapes or {}),
               tune_trials=tune_trials, cuda_arch=cuda_arch, debug_dump=Path(debug_dump) if debug_dump else None,
-              tuning_dir=Path(tuning_dir) if tuning_dir else None)
+              tuning_dir=Path(tuning_dir) if tuning_dir else None, dynamic=dict(dynamic or {}),
+              binds=dict(binds or {}), preprocess=preprocess)
     job.out = Path(out) if out else default_output(src, tgt, job)
     t_start = time.perf_counter()
     try:
@@ -468,6 +447,7 @@ def write_compiled_bundle(job: Job, total_s: float) -> dict:
         "model_file": "model.so",
         **{k: src_manifest.get(k) for k in COPY_KEYS},
         "inputs": src_manifest.get("inputs") or job.inputs,
+        "preprocess": job.preprocess or src_manifest.get("preprocess"),
         "outputs": outputs,
         "target": target_info,
         "toolchain": {"tvm": tvm.__version__, "tvm-ffi": getattr(tvm_ffi, "__version__", None),

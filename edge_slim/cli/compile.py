@@ -26,24 +26,37 @@ def _progress(ev: dict) -> None:
               help="MetaSchedule trials on top of the rules (database kept and reused per model+target).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
               help="Fix an input's dynamic dimensions (bring-your-own .onnx).")
+@click.option("--dynamic", "dynamic", multiple=True, metavar="DIM=MAX",
+              help="Keep a named dimension symbolic (one artifact for sizes 1..MAX, checked at run time).")
+@click.option("--bind", "binds", multiple=True, metavar="NAME=VALUE",
+              help="Fix an input to a constant (a number, a comma list or FILE.npy); the graph folds around it.")
+@click.option("--preprocess", default=None, metavar="SPEC",
+              help="Image preprocessing stored for `edge-slim run IMAGE`, e.g. 'size=48x192 mean=0.5 std=0.5'.")
 @click.option("--cuda-arch", default=None, metavar="sm_XX", help="GPU architecture for the cuda target.")
 @click.option("--recipe", default=None, help="Recipe from compile/ (default: the target's).")
 @click.option("--debug-dump", default=None, metavar="DIR", help="Write the IR after each phase to DIR.")
 @click.option("--tuning-dir", default=None, metavar="DIR", help="Where tuning databases live.")
 @json_option
-def compile_cmd(model, target, precision, out, tune_trials, input_shapes, cuda_arch, recipe, debug_dump,
-                tuning_dir, as_json):
+def compile_cmd(model, target, precision, out, tune_trials, input_shapes, dynamic, binds, preprocess, cuda_arch,
+                recipe, debug_dump, tuning_dir, as_json):
     """Compile MODEL (a bundle or .onnx; default the shipped SlimPajama-Tiny) for a device."""
     from ..aot.lower import compile_model, parse_shapes
     from ..targets import get_target
     tgt = get_target(target)
+    from ..aot.onnx_rewrites import parse_bind, parse_dynamic
+    from ..vision.spec import parse_spec
     shapes = parse_shapes(input_shapes)
+    dyn = dict(parse_dynamic(s) for s in dynamic)
+    bound = dict(parse_bind(s) for s in binds)
+    prep = parse_spec(preprocess) if preprocess else None
     click.echo(f"edge-slim compile: model={model or '(shipped slimpajama-tiny)'} target={tgt.name} "
                f"recipe={recipe or tgt.recipe} precision={precision or '(source)'}"
                + (f" cuda-arch={cuda_arch or tgt.cuda_arch}" if tgt.kind == "cuda" else "")
-               + (f" tune-trials={tune_trials}" if tune_trials else ""), err=True)
+               + (f" tune-trials={tune_trials}" if tune_trials else "")
+               + "".join(f" --input-shape {s}" for s in input_shapes) + "".join(f" --dynamic {s}" for s in dynamic)
+               + "".join(f" --bind {s}" for s in binds), err=True)
     m = compile_model(model, tgt.name, precision=precision, out=out, tune_trials=tune_trials, input_shapes=shapes,
-                      cuda_arch=cuda_arch, recipe=recipe, debug_dump=debug_dump, tuning_dir=tuning_dir,
+                      dynamic=dyn, binds=bound, preprocess=prep, cuda_arch=cuda_arch, recipe=recipe, debug_dump=debug_dump, tuning_dir=tuning_dir,
                       progress=None if as_json else _progress)
     size = m["files"]["model.so"]["bytes"]
     emit({"path": m["path"], "target": m["target"], "precision": m["precision"], "compile": m["compile"],

@@ -210,7 +210,9 @@ class TvmBackend:
         self.inputs = m["inputs"]
         self.output_names = [o["name"] for o in m["outputs"]]
         # input tensors owned by the runtime (aligned as the kernels need), reused on every call
-        self._in = [self._alloc(tuple(i["shape"]), i["dtype"], self.device, "global") for i in self.inputs]
+        # (an input with a symbolic dimension, compiled with --dynamic, gets its tensor per call instead)
+        self._in = [None if i.get("dynamic") else self._alloc(tuple(i["shape"]), i["dtype"], self.device, "global")
+                    for i in self.inputs]
         self._lock = threading.Lock()  # one VM: calls are serialized
 
     def close(self) -> None:
@@ -218,13 +220,15 @@ class TvmBackend:
         self._lease.close()
 
     def _check(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        arrs = []
+        arrs, sizes = [], {}
         for spec in self.inputs:
             if spec["name"] not in feeds:
                 raise BadInputError(f"missing input {spec['name']!r} (the model takes "
                                     f"{', '.join(i['name'] for i in self.inputs)})")
             a = np.ascontiguousarray(feeds[spec["name"]], dtype=spec["dtype"])
-            if list(a.shape) != list(spec["shape"]):
+            if spec.get("dynamic"):
+                _check_dynamic(spec, a.shape, sizes)
+            elif list(a.shape) != list(spec["shape"]):
                 raise BadInputError(f"input {spec['name']!r} has shape {list(a.shape)}; the compiled model "
                                     f"takes {spec['shape']}")
             arrs.append(a)
@@ -234,9 +238,11 @@ class TvmBackend:
         arrs = self._check(feeds)
         with self._lock:
             set_threads(self.threads)
-            for t, a in zip(self._in, arrs):
+            ins = [t if t is not None else self._alloc(a.shape, str(a.dtype), self.device, "global")
+                   for t, a in zip(self._in, arrs)]
+            for t, a in zip(ins, arrs):
                 self._copy_in(t, ctypes.c_void_p(a.ctypes.data), a.nbytes)
-            res = self._main(*self._in)
+            res = self._main(*ins)
             outs = list(res) if not hasattr(res, "shape") else [res]
             return {name: self._to_numpy(o) for name, o in zip(self.output_names, outs)}
 
@@ -248,9 +254,29 @@ class TvmBackend:
         return out
 
 
+def _check_dynamic(spec: dict, shape: tuple, sizes: dict) -> None:
+    """A symbolic dimension (compiled with --dynamic NAME=MAX) takes 1..MAX, the same size in every input."""
+    want = spec["shape"]
+    ok = len(shape) == len(want)
+    for d, g in zip(want, shape) if ok else ():
+        if isinstance(d, str):
+            hi = spec["dynamic"][d]
+            if not 1 <= g <= hi:
+                raise BadInputError(f"input {spec['name']!r} has {d}={g}; the compiled model takes {d} from 1 to {hi} "
+                                    f"(shape {want}; recompile with --dynamic {d}=N for more)")
+            if sizes.setdefault(d, g) != g:
+                raise BadInputError(f"input {spec['name']!r} has {d}={g}, another input {d}={sizes[d]}; they must agree")
+        elif d != g:
+            ok = False
+    if not ok:
+        raise BadInputError(f"input {spec['name']!r} has shape {list(shape)}; the compiled model takes {want}")
+
+
 def run_bundle(path, inputs: dict[str, str], output_dir=None, backend: str = "auto",
-               threads: int | None = None) -> dict:
-    """Run any bundle (compiled or ONNX, tokenizer or not) on .npy inputs; outputs as .npy files.
+               threads: int | None = None, preprocess: dict | None = None, values_max: int = 64) -> dict:
+    """Run any bundle (compiled or ONNX, tokenizer or not) on .npy inputs, or image files for an image model
+    (made into tensors by `preprocess` or the bundle's stored spec, edge_slim/vision/spec.py); outputs as
+    .npy files, and their values when they have at most `values_max` elements.
 
     (Generic over backends; lives here because `edge-slim run` exists for compiled bring-your-own
     models. It belongs in edge_slim/runtime/ once that module exists.)
@@ -260,6 +286,8 @@ def run_bundle(path, inputs: dict[str, str], output_dir=None, backend: str = "au
     b = B.open_bundle(path)
     name = backend if backend != "auto" else ("tvm" if b.manifest["format"] == "tvm" else "ort")
     be = backend_class(name)(b, threads=threads)
+    from ...vision.spec import image_tensor, is_image_file
+    image_spec = preprocess or b.manifest.get("preprocess")
     feeds = {}
     for spec in b.manifest["inputs"]:
         if spec["name"] not in inputs:
@@ -268,6 +296,12 @@ def run_bundle(path, inputs: dict[str, str], output_dir=None, backend: str = "au
     for k, f in inputs.items():
         if k not in [i["name"] for i in b.manifest["inputs"]]:
             raise BadInputError(f"--input {k}: the model has no input {k!r}")
+        if is_image_file(f):
+            if not (isinstance(image_spec, dict) and image_spec.get("kind") == "image"):
+                raise BadInputError(f"--input {k}={f} is an image, and the bundle stores no image preprocessing: "
+                                    "pass --preprocess 'size=HxW mean=... std=...' (or compile with --preprocess)")
+            feeds[k] = image_tensor(f, image_spec)
+            continue
         try:
             feeds[k] = np.load(f, allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -284,5 +318,7 @@ def run_bundle(path, inputs: dict[str, str], output_dir=None, backend: str = "au
             row["file"] = str(f)
         else:
             row["preview"] = np.array2string(v.ravel()[:8], precision=4)
+        if v.size <= values_max:
+            row["values"] = v.tolist()
         rows.append(row)
     return {"bundle": str(b.path), "backend": name, "outputs": rows}

@@ -1,0 +1,354 @@
+"""Bring your own model: real third-party ONNX models from PyPI wheels, compiled with TVM and matched
+against ONNX Runtime (rtol/atol 1e-3), plus the rewrites (dynamic dims, --bind, If inlining, OneHot) on
+tiny graphs built here.
+
+The models come from scripts/fetch-models.sh (run by scripts/dev-setup.sh; cached outside git); nothing is
+downloaded here: without the cache the real-model tests skip, naming the script. Each model+target is
+compiled once per session (`compiled()` is memoized). aarch64: a subset (AARCH64), run under qemu in one
+emulated process, as tests/test_arm_qemu.py does.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from edge_slim import targets as T  # noqa: E402
+from edge_slim.errors import BadInputError, ModelError  # noqa: E402
+from edge_slim.runtime import bundle as B  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("EDGE_SLIM_MODEL_CACHE", REPO / ".cache" / "third-party-models"))
+WORK = Path(tempfile.mkdtemp(prefix="edge-slim-test-byom-"))
+atexit.register(shutil.rmtree, WORK, True)
+RTOL = ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Model:
+    package: str                 # <name>-<version> folder of the cache
+    file: str
+    shapes: dict
+    feed: str = "uniform"        # uniform [0, 1) images, or bytes (integers 0..256 as float32)
+    binds: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return CACHE / self.package / self.file
+
+
+MODELS = {
+    "ocr-det": Model("rapidocr-onnxruntime-1.4.4", "ch_PP-OCRv4_det_infer.onnx", {"x": [1, 3, 320, 320]}),
+    "ocr-cls": Model("rapidocr-onnxruntime-1.4.4", "ch_ppocr_mobile_v2.0_cls_infer.onnx", {"x": [1, 3, 48, 192]}),
+    "ocr-rec": Model("rapidocr-onnxruntime-1.4.4", "ch_PP-OCRv4_rec_infer.onnx", {"x": [1, 3, 48, 320]}),
+    "yolov8n": Model("nudenet-3.4.2", "320n.onnx", {"images": [1, 3, 320, 320]}),
+    "magika": Model("magika-0.5.1", "model.onnx", {"bytes": [1, 1536]}, feed="bytes"),
+}
+AARCH64 = ("ocr-cls", "magika", "yolov8n")   # the qemu subset: a classifier, a byte model, a detector
+SILERO = CACHE / "silero-vad-6.2.3"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is missing: run `bash scripts/fetch-models.sh` (dev-setup.sh does) to fetch the "
+                    "third-party models once")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(name: str, target: str = "x86-64") -> Path:
+    from edge_slim.aot.lower import compile_model
+    m = MODELS[name]
+    out = WORK / f"{name}-{target}"
+    compile_model(need(m.path), target, out=out, input_shapes=m.shapes, binds=m.binds)
+    return out
+
+
+def feeds_for(name: str, seed: int = 0) -> dict[str, np.ndarray]:
+    m, rng = MODELS[name], np.random.default_rng(seed)
+    if m.feed == "bytes":
+        return {k: rng.integers(0, 257, s).astype(np.float32) for k, s in m.shapes.items()}
+    return {k: rng.uniform(0, 1, s).astype(np.float32) for k, s in m.shapes.items()}
+
+
+def ort_outputs(path: Path, feeds: dict) -> dict[str, np.ndarray]:
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+
+
+def assert_matches(got: dict, ref: dict, where: str) -> None:
+    assert set(got) == set(ref), (sorted(got), sorted(ref))
+    for k, r in ref.items():
+        assert got[k].shape == r.shape, (k, got[k].shape, r.shape)
+        err = float(np.abs(got[k].astype(np.float64) - r).max())
+        assert np.allclose(got[k], r, rtol=RTOL, atol=ATOL), f"{where} {k}: max abs diff {err}"
+
+
+# ---------------------------------------------------------------- real models, x86-64
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_real_model_x86_matches_ort(name):
+    from edge_slim.runtime.backends.tvm_backend import TvmBackend
+    out = compiled(name)
+    b = B.open_bundle(out)
+    assert b.manifest["inputs"] == [{"name": k, "shape": v, "dtype": "float32"} for k, v in MODELS[name].shapes.items()]
+    be = TvmBackend(b, threads=1)
+    for seed in (0, 1):
+        f = feeds_for(name, seed)
+        assert_matches(be.run(f), ort_outputs(MODELS[name].path, f), f"{name} x86-64 seed {seed}")
+
+
+def test_silero_vad_if_needs_bind_then_names_lstm(tmp_path):
+    """silero-vad branches on its sample-rate input (one If holding the 16 kHz and 8 kHz networks):
+    unbound, the error names If and --bind; bound, the If (and the shape Ifs inside) fold away and
+    what is left is the LSTM, named with its count and place."""
+    from edge_slim.aot.lower import compile_model
+    src = need(SILERO / "silero_vad.onnx")
+    shapes = {"input": [1, 512], "state": [2, 1, 128]}
+    with pytest.raises(ModelError) as e:
+        compile_model(src, "x86-64", out=tmp_path / "a", input_shapes=shapes)
+    assert "If (1 node) at If_0" in str(e.value) and "--bind" in str(e.value) and "also use LSTM" in str(e.value)
+    with pytest.raises(ModelError) as e:
+        compile_model(src, "x86-64", out=tmp_path / "b", input_shapes=shapes, binds={"sr": [16000]})
+    msg = str(e.value)
+    assert "LSTM (1 node)" in msg and "If (" not in msg, msg
+    assert "docs/compile.md" in msg and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------- the rewrites, on tiny graphs
+def _save(tmp_path, nodes, inputs, outputs, inits=(), opset=17) -> Path:
+    from onnx import helper
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    p = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]), str(p))
+    return p
+
+
+def if_graph(tmp_path) -> Path:
+    """y = x * 2 if rate == 16000 else x + 1; x is [N, -1] (a -1 and a named dim, as Paddle and torch write)."""
+    from onnx import TensorProto, helper, numpy_helper
+    v = helper.make_tensor_value_info
+    two = helper.make_graph([helper.make_node("Mul", ["x", "c2"], ["t"])], "then", [], [v("t", TensorProto.FLOAT, None)],
+                            [numpy_helper.from_array(np.array(2, np.float32), "c2")])
+    one = helper.make_graph([helper.make_node("Add", ["x", "c1"], ["e"])], "else", [], [v("e", TensorProto.FLOAT, None)],
+                            [numpy_helper.from_array(np.array(1, np.float32), "c1")])
+    x = v("x", TensorProto.FLOAT, ["N", -1])
+    x.type.tensor_type.shape.dim[1].dim_value = -1
+    return _save(tmp_path, [helper.make_node("Equal", ["rate", "k"], ["cond"]),
+                            helper.make_node("If", ["cond"], ["y"], then_branch=two, else_branch=one)],
+                 [x, v("rate", TensorProto.INT64, [])], [v("y", TensorProto.FLOAT, ["N", -1])],
+                 [numpy_helper.from_array(np.array(16000, np.int64), "k")])
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_bind_folds_if_and_input_shape_binds_minus_one(tmp_path, rate):
+    from edge_slim.aot.lower import compile_model
+    from edge_slim.runtime.backends.tvm_backend import TvmBackend
+    src = if_graph(tmp_path)
+    with pytest.raises(BadInputError, match=r"--input-shape x=1,1"):
+        compile_model(src, "x86-64", out=tmp_path / "o", binds={"rate": [rate]})
+    m = compile_model(src, "x86-64", out=tmp_path / "o", input_shapes={"x": [2, 5]}, binds={"rate": [rate]})
+    assert m["compile"]["flags"]["onnx_if_inlined"] == 1 and m["compile"]["flags"]["bound_inputs"] == {"rate": rate}
+    assert [i["name"] for i in m["inputs"]] == ["x"]
+    x = np.arange(10, dtype=np.float32).reshape(2, 5)
+    got = TvmBackend(B.open_bundle(tmp_path / "o"), threads=1).run({"x": x})["y"]
+    ref = ort_outputs(src, {"x": x, "rate": np.array(rate, np.int64)})["y"]
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    assert np.allclose(got, x * 2 if rate == 16000 else x + 1)
+
+
+def test_shared_dimension_names_resolve_once_and_conflicts_are_named(tmp_path):
+    from onnx import TensorProto, helper
+    from edge_slim.aot.onnx_rewrites import resolve_inputs
+    v = helper.make_tensor_value_info
+    p = _save(tmp_path, [helper.make_node("Add", ["a", "b"], ["y"])],
+              [v("a", TensorProto.FLOAT, ["batch", 4]), v("b", TensorProto.FLOAT, ["batch", 4])],
+              [v("y", TensorProto.FLOAT, ["batch", 4])])
+    m = onnx.load(str(p))
+    specs = resolve_inputs(m, {"a": [3, 4]}, {}, {})
+    assert [s["shape"] for s in specs] == [[3, 4], [3, 4]]
+    with pytest.raises(BadInputError, match="'batch' two sizes"):
+        resolve_inputs(m, {"a": [3, 4], "b": [2, 4]}, {}, {})
+    with pytest.raises(BadInputError, match="does not fit"):
+        resolve_inputs(m, {"a": [3, 5]}, {}, {})
+    with pytest.raises(BadInputError, match="no symbolic dimension"):
+        resolve_inputs(m, {}, {"seq": 8}, {})
+    with pytest.raises(BadInputError, match="--bind names c"):
+        resolve_inputs(m, {}, {}, {"c": [1]})
+
+
+@pytest.mark.parametrize("spec, msg", [("x", "NAME=VALUE"), ("x=a,b", "not a number"), ("x=/no/such.npy", "not a readable")])
+def test_bad_bind_is_one_clear_error(spec, msg):
+    from edge_slim.aot.onnx_rewrites import parse_bind
+    with pytest.raises(BadInputError, match=msg):
+        parse_bind(spec)
+
+
+def test_onehot_rewrite_matches_ort(tmp_path):
+    """The importer rejects OneHot with a 1-element depth (magika's form) and makes it float64; the
+    compare form compiles and agrees, negative indices included."""
+    from onnx import TensorProto, helper, numpy_helper
+    from edge_slim.aot.lower import compile_model
+    from edge_slim.runtime.backends.tvm_backend import TvmBackend
+    v = helper.make_tensor_value_info
+    src = _save(tmp_path, [helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64),
+                           helper.make_node("OneHot", ["i", "depth", "vals"], ["y"], axis=-1)],
+                [v("x", TensorProto.FLOAT, [2, 6])], [v("y", TensorProto.FLOAT, [2, 6, 5])],
+                [numpy_helper.from_array(np.array([5], np.int64), "depth"),
+                 numpy_helper.from_array(np.array([0.0, 3.0], np.float32), "vals")])
+    m = compile_model(src, "x86-64", out=tmp_path / "o")
+    assert m["compile"]["flags"]["onnx_rewrites"] == {"onehot_as_compare": 1}
+    x = np.array([[0, 1, 4, -1, -5, 2.7], [3, 3, 0, 1, 2, -2.2]], np.float32)
+    got = TvmBackend(B.open_bundle(tmp_path / "o"), threads=1).run({"x": x})["y"]
+    np.testing.assert_array_equal(got, ort_outputs(src, {"x": x})["y"])
+
+
+def test_dynamic_batch_one_artifact_bound_checked(tmp_path):
+    """--dynamic batch=8 keeps the batch symbolic (a Relax shape variable): one artifact serves 1..8,
+    matching ORT at each size; 9 is refused with the bound named. Through the CLI, with --bind too."""
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper, numpy_helper
+    from edge_slim.cli.main import cli
+    from edge_slim.runtime.backends.tvm_backend import TvmBackend
+    rng = np.random.default_rng(0)
+    v = helper.make_tensor_value_info
+    src = _save(tmp_path, [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+                           helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "fc"], ["m"]),
+                           helper.make_node("Mul", ["m", "gain"], ["y"])],
+                [v("x", TensorProto.FLOAT, ["batch", 3, 16, 16]), v("gain", TensorProto.FLOAT, [1])],
+                [v("y", TensorProto.FLOAT, ["batch", 5])],
+                [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+                 numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "fc")])
+    r = CliRunner().invoke(cli, ["compile", str(src), "-o", str(tmp_path / "o"), "--dynamic", "batch=8",
+                                 "--bind", "gain=0.5", "--json"])
+    assert r.exit_code == 0, r.output
+    b = B.open_bundle(tmp_path / "o")
+    assert b.manifest["inputs"] == [{"name": "x", "shape": ["batch", 3, 16, 16], "dtype": "float32", "dynamic": {"batch": 8}}]
+    be = TvmBackend(b, threads=1)
+    for n in (1, 3, 8):
+        x = rng.standard_normal((n, 3, 16, 16)).astype(np.float32)
+        ref = ort_outputs(src, {"x": x, "gain": np.array([0.5], np.float32)})["y"]
+        np.testing.assert_allclose(be.run({"x": x})["y"], ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(BadInputError, match="batch from 1 to 8"):
+        be.run({"x": np.zeros((9, 3, 16, 16), np.float32)})
+    with pytest.raises(BadInputError, match=r"takes \['batch', 3, 16, 16\]"):
+        be.run({"x": np.zeros((2, 3, 16, 8), np.float32)})
+    r = CliRunner().invoke(cli, ["compile", str(src), "-o", str(tmp_path / "p"), "--dynamic", "seq=4"])
+    assert isinstance(r.exception, BadInputError) and "no symbolic dimension" in str(r.exception)
+
+
+# ---------------------------------------------------------------- real models, aarch64 under qemu
+GUEST = r"""
+import sys, platform
+import numpy as np
+from edge_slim.runtime.bundle import open_bundle
+from edge_slim.runtime.backends import backend_class
+args = sys.argv[1:]
+for bundle, src, dst in zip(args[0::3], args[1::3], args[2::3]):
+    be = backend_class("tvm")(open_bundle(bundle), threads=1)
+    data = np.load(src)
+    np.savez(dst, **be.run({k: data[k] for k in data.files}))
+assert "tvm" not in sys.modules, "the guest imported the TVM compiler"
+print(f"machine={platform.machine()}")
+"""
+
+
+def arm_env() -> dict:
+    script = REPO / "scripts" / "arm-env.sh"
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        pytest.skip(f"qemu aarch64 environment unavailable: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not T.toolchain_status(T.get_target("arm64"))["ready"],
+                    reason="no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)")
+@pytest.mark.skipif(sys.platform != "linux", reason="qemu user-mode emulation is Linux-only")
+def test_real_models_aarch64_under_qemu_match_ort(tmp_path):
+    for name in AARCH64:
+        need(MODELS[name].path)
+    env = arm_env()
+    args, refs = [], {}
+    for name in AARCH64:
+        f = feeds_for(name, seed=5)
+        np.savez(tmp_path / f"{name}-in.npz", **f)
+        refs[name] = ort_outputs(MODELS[name].path, f)
+        args += [str(compiled(name, "arm64")), str(tmp_path / f"{name}-in.npz"), str(tmp_path / f"{name}-out.npz")]
+    (tmp_path / "guest.py").write_text(GUEST)
+    run_env = {**os.environ, "QEMU_LD_PREFIX": env["QEMU_LD_PREFIX"], "PYTHONPATH": env["PYTHONPATH"],
+               "EDGE_SLIM_TVM_RUNTIME": env["EDGE_SLIM_TVM_RUNTIME"], "PYTHONDONTWRITEBYTECODE": "1"}
+    r = subprocess.run([*env["PYTHON"].split(), str(tmp_path / "guest.py"), *args], capture_output=True, text=True,
+                       env=run_env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "machine=aarch64" in r.stdout, r.stdout
+    for name in AARCH64:
+        got = np.load(tmp_path / f"{name}-out.npz")
+        assert_matches({k: got[k] for k in got.files}, refs[name], f"{name} aarch64 (qemu)")
+
+
+# ---------------------------------------------------------------- edge-slim run: images and JSON
+def text_lines(folder: Path, n: int, seed: int = 0) -> Path:
+    """Synthetic text-line crops (dark words on light paper, every other one upside down), what the OCR
+    direction classifier sees in an app; drawn with Pillow's built-in font."""
+    from PIL import Image, ImageDraw
+    rng = np.random.default_rng(seed)
+    words = "the quick brown fox jumps over a lazy dog total 42.50 invoice model edge compile 2026".split()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = Image.new("RGB", (int(rng.integers(160, 320)), 40), tuple(int(v) for v in rng.integers(200, 256, 3)))
+        ImageDraw.Draw(img).text((4, 12), " ".join(rng.choice(words, 4)), fill=tuple(int(v) for v in rng.integers(0, 80, 3)))
+        (img.rotate(180) if i % 2 else img).save(folder / f"line{i:02d}.png")
+    return folder
+
+
+CLS_SPEC = "size=48x192 resize=pad mean=0.5 std=0.5 color=bgr"   # rapidocr's cls preprocessing
+
+
+@pytest.mark.slow
+def test_run_takes_an_image_and_prints_json_values(tmp_path):
+    import json
+    from click.testing import CliRunner
+    from edge_slim.cli.main import cli
+    from edge_slim.vision.spec import image_tensor, parse_spec
+    img = sorted(text_lines(tmp_path / "lines", 2).iterdir())[1]
+    r = CliRunner().invoke(cli, ["run", str(compiled("ocr-cls")), "--input", f"x={img}", "--preprocess", CLS_SPEC, "--json"])
+    assert r.exit_code == 0, r.output
+    (out,) = json.loads(r.output)["outputs"]
+    ref = ort_outputs(MODELS["ocr-cls"].path, {"x": image_tensor(img, parse_spec(CLS_SPEC))})[out["name"]]
+    assert out["shape"] == [1, 2] and np.allclose(out["values"], ref, rtol=RTOL, atol=ATOL)
+    r = CliRunner().invoke(cli, ["run", str(compiled("ocr-cls")), "--input", f"x={img}"])
+    assert isinstance(r.exception, BadInputError) and "--preprocess" in str(r.exception)
+
+
+def test_compile_stores_preprocess_for_run(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+    from edge_slim.aot.lower import compile_model
+    from edge_slim.runtime.backends.tvm_backend import run_bundle
+    from edge_slim.vision.spec import image_tensor, parse_spec
+    v = helper.make_tensor_value_info
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    src = _save(tmp_path, [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("ReduceMean", ["c"], ["y"], keepdims=0)],
+                [v("x", TensorProto.FLOAT, ["N", 3, 16, 16])], [v("y", TensorProto.FLOAT, [])], [w])
+    spec = parse_spec("size=16x16 mean=0.485,0.456,0.406 std=0.229,0.224,0.225")
+    compile_model(src, "x86-64", out=tmp_path / "o", input_shapes={"x": [1, 3, 16, 16]}, preprocess=spec)
+    assert B.open_bundle(tmp_path / "o").manifest["preprocess"] == spec
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    res = run_bundle(tmp_path / "o", {"x": str(tmp_path / "a.png")})
+    ref = ort_outputs(src, {"x": image_tensor(tmp_path / "a.png", spec)})["y"]
+    assert np.allclose(res["outputs"][0]["values"], ref, rtol=1e-4, atol=1e-5)
