@@ -103,3 +103,53 @@ def test_same_as_training_preprocessing():
     via_training = np.asarray(load_image(hi).resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.BILINEAR))
     assert np.array_equal(normalize(via_training), to_model_input(hi))
     del torch
+
+
+def _plain(img) -> np.ndarray:
+    """The reference: the full-resolution upright image, one bilinear resize, normalize."""
+    return normalize(np.asarray(load_image(img).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)))
+
+
+@pytest.mark.parametrize("size", [(96, 96), (191, 193), (640, 480), (671, 300), (300, 671)])
+@pytest.mark.parametrize("kind", ["array", "png", "jpeg"])
+def test_below_the_reducing_threshold_is_bit_identical_to_one_plain_resize(size, kind):
+    """Up to 2 x REDUCING_GAP x 96 px (671) the fast path is the plain one, bit for bit (training: 96, 192)."""
+    from edge_slim.vision.preprocess import prepare
+    a = render(G.sample_scene(0, 2), max(size)).crop((0, 0, *size))
+    x = {"array": np.asarray(a), "png": _png(a), "jpeg": _png(a, "JPEG", quality=90)}[kind]
+    got, wh = prepare(x)
+    assert wh == size and np.array_equal(got, _plain(x))
+
+
+@pytest.mark.parametrize("size", [(1024, 1024), (1024, 700), (700, 1100)])
+@pytest.mark.parametrize("kind", ["array", "jpeg"])
+def test_large_images_stay_within_a_few_levels_and_report_their_full_size(size, kind):
+    """Large sides are box-reduced first (JPEG: decoded at reduced scale); the size returned (which
+    locate scales its box by) is still the full image's."""
+    from edge_slim.vision.preprocess import STD, prepare
+    a = render(G.sample_scene(0, 4), max(size)).crop((0, 0, *size))
+    x = {"array": np.asarray(a), "jpeg": _png(a, "JPEG", quality=90)}[kind]
+    got, wh = prepare(x)
+    levels = np.abs(got - _plain(x)).max() * STD * 255
+    assert wh == size and got.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and levels <= 8, levels
+
+
+def test_rotated_large_jpeg_is_upright_with_swapped_size():
+    """An EXIF-rotated JPEG is not decoded at reduced scale (the orientation is applied to the full image)."""
+    from edge_slim.vision.preprocess import STD, prepare
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = render(G.sample_scene(0, 5), 1000).crop((0, 0, 1000, 700))
+    data = _png(raw, "JPEG", exif=exif.tobytes(), quality=90)
+    got, wh = prepare(data)
+    assert wh == (700, 1000) and np.abs(got - _plain(data)).max() * STD * 255 <= 8
+
+
+def test_callers_image_and_array_are_left_alone(scene_img):
+    arr = np.asarray(scene_img).copy()
+    before = arr.copy()
+    to_model_input(arr)
+    assert np.array_equal(arr, before)
+    rgb = scene_img.convert("RGB")
+    out = load_image(rgb)
+    assert out is not rgb and out.tobytes() == rgb.tobytes()
