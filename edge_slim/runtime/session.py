@@ -151,9 +151,10 @@ class Session:
     def close(self) -> None:
         """Stop counting as a live session (edge_slim.runtime.threads: while several sessions are alive,
         the runtimes' pools stop spinning between calls). Idempotent; garbage collection does the same."""
-        close = getattr(self.backend, "close", None)
-        if close is not None:
-            close()
+        for owner in (self, getattr(self, "_describer", None)):      # the describe head has its own backend
+            close = getattr(getattr(owner, "backend", None), "close", None)
+            if close is not None:
+                close()
 
     def __enter__(self) -> "Session":
         return self
