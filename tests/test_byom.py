@@ -431,3 +431,24 @@ def test_quantize_real_detector_is_a_third_of_fp32(tmp_path):
     assert r["metric"] == "cosine" and r["size"]["ratio"] <= 0.35, r["size"]
     out = r["agreement"]["outputs"]["sigmoid_0.tmp_0"]
     assert 0 < out["cosine_mean"] <= 1 and out["max_abs_error"] >= 0
+
+
+def test_bench_times_an_own_compiled_model_beside_its_onnx(tmp_path):
+    """`edge-slim bench COMPILED_DIR MODEL.onnx`: the compiled artifact (tvm) and the bare .onnx (ORT) are
+    timed side by side on the compiled model's input shapes (functional check: no timing is asserted)."""
+    from click.testing import CliRunner
+    import json
+    from edge_slim.aot.lower import compile_model
+    from edge_slim.cli.main import cli
+    src = tiny_convnet(tmp_path)
+    compile_model(src, "x86-64", out=tmp_path / "o", input_shapes={"x": [1, 3, 16, 16]})
+    r = CliRunner().invoke(cli, ["bench", str(tmp_path / "o"), str(src), "--call", "model", "--threads", "1",
+                                 "--rounds", "2", "--block", "2", "--warmup", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output[r.output.index("{"):])["results"]
+    assert [(x["format"], x["backend"]) for x in rows] == [("tvm", "tvm"), ("onnx", "ort")]
+    assert all(x["p50_ms"] > 0 for x in rows) and rows[1]["baseline"] == rows[0]["label"]
+    r = CliRunner().invoke(cli, ["bench", str(src), str(tmp_path / "o"), "--call", "model", "--rounds", "1"])
+    assert isinstance(r.exception, BadInputError) and "name the compiled bundle first" in str(r.exception)
+    r = CliRunner().invoke(cli, ["bench", str(tmp_path / "o"), "--rounds", "1"])     # default --call model,ask
+    assert isinstance(r.exception, BadInputError) and "pass --call model" in str(r.exception)

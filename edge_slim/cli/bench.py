@@ -40,7 +40,8 @@ def _runnable(targets, backends) -> list[tuple]:
     from ..runtime.bundle import open_bundle
     out = []
     for m, p in targets:
-        fmt = open_bundle(edge_slim.shipped(p) if m is None else m).manifest["format"]
+        is_onnx = m is not None and str(m).endswith(".onnx")    # a bare .onnx own model, run by ORT
+        fmt = "onnx" if is_onnx else open_bundle(edge_slim.shipped(p) if m is None else m).manifest["format"]
         ok = [b for b in backends if b == "auto" or FORMATS[b] == fmt]
         if not ok:
             raise ModelError(f"{m or edge_slim.shipped(p)} is a {fmt} bundle; none of --backend "

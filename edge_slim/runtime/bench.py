@@ -60,6 +60,9 @@ class Config:
 
     def load(self):
         import edge_slim
+        from .own_model import OwnModel, is_own_model
+        if is_own_model(self.model):  # a compiled/quantized own model or a bare .onnx: model calls only
+            return OwnModel(self.model, self.backend, self.threads)
         return edge_slim.load(self.model, backend=self.backend, threads=self.threads, precision=self.precision)
 
 
@@ -89,8 +92,13 @@ class _Inputs:
     def __init__(self, session, samples: int, image_px: int | None, questions: int, folder: Path):
         from ..scenes import generate as G
         from ..scenes.render import render
-        self.feeds = _feeds(session, samples)
         self.asks: list[tuple[str, list[str]]] = []
+        self.questions = questions
+        if not session.manifest.get("tokenizer"):          # an own model: random tensors of its input shapes
+            from .own_model import random_feeds
+            self.feeds = random_feeds(session.manifest["inputs"], samples, BENCH_SEED)
+            return
+        self.feeds = _feeds(session, samples)
         size = image_px or session.size
         for i in range(samples):
             s = G.sample(BENCH_SEED, i)
@@ -98,7 +106,6 @@ class _Inputs:
             render(s["scene"], size).save(path)
             qs = [q["text"] for q in s["questions"]]
             self.asks.append((str(path), qs))
-        self.questions = questions
 
     def call(self, session, call: str, i: int) -> Callable[[], object]:
         if call == "model":
@@ -135,9 +142,16 @@ def bench(configs: list[Config], rounds: int = 20, block: int = 10, warmup: int 
     kinds = list(dict.fromkeys([*calls, *(["ask", f"ask x{questions}"] if questions else [])]))
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory(prefix="edge-slim-bench-") as tmp:
-        inputs, meta = None, []
+        inputs, meta, first_spec = None, [], []
         for c in configs:                        # every configuration must load before anything is timed
             s = c.load()
+            if s.manifest["inputs"] is None and inputs is not None:   # a bare .onnx: the first model's inputs
+                s.manifest["inputs"] = [{"name": n, "shape": list(sh), "dtype": d} for n, sh, d in first_spec]
+            if s.manifest["inputs"] is None:
+                raise BadInputError(f"{c.model}: a bare .onnx takes its input shapes from the compiled model "
+                                    "benched with it: name the compiled bundle first")
+            if not s.manifest.get("tokenizer") and kinds != ["model"]:
+                raise BadInputError(f"{s.bundle.path} is not a SlimPajama bundle (no ask call): pass --call model")
             spec = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in s.manifest["inputs"]]
             if inputs is None:
                 inputs, first_spec = _Inputs(s, samples, image_px, questions, Path(tmp)), spec
