@@ -6,6 +6,7 @@ ONNX Runtime only reads when a session is created: the InferenceSession is rebui
 """
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -39,7 +40,11 @@ class OrtBackend:
         self.threads = int(threads) if threads else None
         self.version = ort.__version__
         self.config: dict | None = None      # the session config entries the current InferenceSession has
-        self._build_lock = threading.RLock()  # RLock: a finalizer may re-enter from the same thread
+        # Sessions are built with no lock held (a garbage-collected backend's finalizer may run inside the
+        # build and take the registry's lock); the lock only orders the swaps: the newest request wins.
+        self._swap_lock = threading.Lock()
+        self._requests = itertools.count(1)
+        self._swapped = 0
         self._lease = T.SESSIONS.join(self)
         try:
             self._ensure(T.SESSIONS.current())
@@ -50,16 +55,20 @@ class OrtBackend:
 
     def _ensure(self, p: T.Policy) -> None:
         want = T.ort_config(p, self.threads, physical_cores())
-        with self._build_lock:
+        with self._swap_lock:
+            request = next(self._requests)
             if want == self.config:
+                self._swapped = max(self._swapped, request)
                 return
-            try:
-                sess = ort.InferenceSession(self.model_path, session_options(self.threads, want),
-                                            providers=["CPUExecutionProvider"])
-            except Exception as e:  # ORT raises its own exception types for bad graphs
-                raise ModelError(f"{self.model_path}: ONNX Runtime cannot load it "
-                                 f"({str(e).splitlines()[0]})") from None
-            self.sess, self.config = sess, want   # calls in flight keep the session they started on
+        try:
+            sess = ort.InferenceSession(self.model_path, session_options(self.threads, want),
+                                        providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for bad graphs
+            raise ModelError(f"{self.model_path}: ONNX Runtime cannot load it "
+                             f"({str(e).splitlines()[0]})") from None
+        with self._swap_lock:
+            if request > self._swapped:         # calls in flight keep the session they started on
+                self.sess, self.config, self._swapped = sess, want, request
 
     def apply_threads_policy(self, p: T.Policy) -> None:
         """Called by the registry when another session opens or closes (see edge_slim.runtime.threads)."""
