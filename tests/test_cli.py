@@ -59,7 +59,7 @@ def test_info_json():
         assert k in d
 
 
-@pytest.mark.parametrize("cmd", ["ask", "match", "locate", "info", "eval", "train", "export", "targets",
+@pytest.mark.parametrize("cmd", ["ask", "match", "locate", "describe", "info", "eval", "train", "export", "targets",
                                  "compile", "run", "quantize", "bench"])
 def test_every_command_has_help(cmd):
     p = cli(cmd, "--help", check=0)

@@ -6,6 +6,9 @@
             [text ; image] -> heads read the task token (position 0)
     heads:  answer logits (VQA), match logit (image-text matching, cross-encoder),
             box (pointer over image tokens + per-token box), contrastive embeddings.
+    describe (when describe_layers > 0): a small autoregressive caption decoder (causal
+            self-attention + cross-attention to the image tokens) over its own vocabulary
+            (edge_slim.scenes.caption); the exported graph also outputs its memory tokens.
 
 Attention is written out (matmul + softmax) rather than with nn.MultiheadAttention so
 that the ONNX graph is plain MatMul/Softmax that every backend here can run.
@@ -40,6 +43,12 @@ class Config:
     num_answers: int = 24
     embed_dim: int = 64
     max_count: int = 6          # the count feature's bins are 0..max_count
+    # Caption decoder (describe). 0 layers = none: checkpoints saved before it existed have no
+    # such keys in their config and load as decoder-less models.
+    describe_layers: int = 0
+    describe_mlp_ratio: int = 2
+    caption_vocab: int = 25     # len(edge_slim.scenes.caption.CAPTION_VOCAB)
+    caption_len: int = 41       # edge_slim.scenes.caption.MAX_TOKENS (bos ... eos)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -54,9 +63,9 @@ class Config:
 
 
 SIZES = {
-    "tiny": dict(name="slimpajama-tiny"),
+    "tiny": dict(name="slimpajama-tiny", describe_layers=2),
     "small": dict(name="slimpajama-small", stem=(32, 64, 128), dim=192, heads=6,
-                  image_layers=3, text_layers=3, cross_layers=2, fusion_layers=2),
+                  image_layers=3, text_layers=3, cross_layers=2, fusion_layers=2, describe_layers=2),
 }
 
 
@@ -112,6 +121,88 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class DecoderBlock(nn.Module):
+    """Pre-LN decoder block: causal self-attention over the caption so far, cross-attention to the
+    image memory, MLP. `step` is the same computation for one new token with a key/value cache."""
+
+    def __init__(self, dim: int, heads: int, ratio: int):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_attn, self.cross_attn, self.mlp = Attention(dim, heads), Attention(dim, heads), MLP(dim, ratio)
+
+    def forward(self, x, memory, causal):
+        h = self.ln1(x)
+        x = x + self.self_attn(h, h, causal)          # causal [T,T] additive mask
+        x = x + self.cross_attn(self.ln2(x), memory)
+        return x + self.mlp(self.ln3(x))
+
+    def step(self, x, memory, past_k, past_v, write, bias):
+        """x [B,1,d]; past_k/v [B,h,Lc,dh]; write [1,1,Lc,1] one-hot of this position; bias [1,1,1,Lc]."""
+        a = self.self_attn
+        B = x.shape[0]
+        h = self.ln1(x)
+        q = a.q(h).view(B, 1, a.h, a.dh).transpose(1, 2)            # [B,h,1,dh]
+        k = a.k(h).view(B, 1, a.h, a.dh).transpose(1, 2)
+        v = a.v(h).view(B, 1, a.h, a.dh).transpose(1, 2)
+        k = past_k * (1.0 - write) + k * write                      # [B,h,Lc,dh] this token's key written in
+        v = past_v * (1.0 - write) + v * write
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(a.dh)) + bias  # [B,h,1,Lc] later slots masked
+        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, 1, a.h * a.dh)
+        x = x + a.o(y)
+        x = x + self.cross_attn(self.ln2(x), memory)
+        return x + self.mlp(self.ln3(x)), k, v
+
+
+class CaptionDecoder(nn.Module):
+    """Autoregressive caption decoder over the image tokens (the `describe` head).
+
+    memory: image tokens plus a projection of their predicted boxes (explicit positions for the
+    relation words). forward: teacher forcing / re-running a prefix; step: one token with a cache.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        d, self.L = cfg.dim, cfg.caption_len
+        self.box_proj = nn.Linear(4, d)
+        self.mem_ln = nn.LayerNorm(d)
+        self.emb = nn.Embedding(cfg.caption_vocab, d)
+        self.pos = nn.Parameter(torch.randn(1, cfg.caption_len, d) * 0.02)
+        self.blocks = nn.ModuleList(DecoderBlock(d, cfg.heads, cfg.describe_mlp_ratio) for _ in range(cfg.describe_layers))
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.caption_vocab)
+        causal = torch.triu(torch.full((cfg.caption_len, cfg.caption_len), NEG), diagonal=1)
+        self.register_buffer("causal", causal, persistent=False)      # [Lc,Lc]
+        self.register_buffer("slots", torch.arange(cfg.caption_len), persistent=False)
+
+    def memory(self, img, token_boxes):
+        return self.mem_ln(img + self.box_proj(token_boxes))       # [B,N,d]
+
+    def forward(self, memory, tokens):
+        """tokens [B,T] (bos first) -> next-token logits [B,T,V] at every position."""
+        T = tokens.shape[1]
+        x = self.emb(tokens) + self.pos[:, :T]
+        for b in self.blocks:
+            x = b(x, memory, self.causal[:T, :T])
+        return self.head(self.ln(x))
+
+    def step(self, memory, token, pos, past_k, past_v):
+        """token [B,1], pos int64 [1] (its position), past_k/v [layers,B,h,Lc,dh] ->
+        (logits [B,V] for the next token, present_k, present_v)."""
+        write = (self.slots == pos).float()[None, None, :, None]  # [1,1,Lc,1]
+        bias = (self.slots > pos).float()[None, None, None, :] * NEG  # [1,1,1,Lc]
+        x = self.emb(token) + self.pos[0].index_select(0, pos)[None]  # [B,1,d] (a Gather, not GatherND)
+        ks, vs = [], []
+        for i, b in enumerate(self.blocks):
+            x, k, v = b.step(x, memory, past_k[i], past_v[i], write, bias)
+            ks.append(k)
+            vs.append(v)
+        return self.head(self.ln(x))[:, 0], torch.stack(ks), torch.stack(vs)
+
+    def cache_shape(self, batch: int = 1) -> tuple[int, ...]:
+        a = self.blocks[0].self_attn
+        return (len(self.blocks), batch, a.h, self.L, a.dh)
+
+
 class SlimPajama(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
@@ -163,6 +254,7 @@ class SlimPajama(nn.Module):
         g = torch.arange(cfg.grid, dtype=torch.float32)
         gy, gx = torch.meshgrid(g, g, indexing="ij")
         self.register_buffer("cell_xy", torch.stack([gx.flatten(), gy.flatten()], -1), persistent=False)  # [N,2]
+        self.decoder = CaptionDecoder(cfg) if cfg.describe_layers else None
         self.apply(self._init)
         for m in (self.obj_proj, self.rel_proj, self.count_proj, self.count2_proj, self.pair_proj):  # new paths start neutral
             nn.init.zeros_(m.weight)
@@ -257,9 +349,39 @@ class SlimPajama(nn.Module):
         o = self.heads(img, txt, valid, bias)
         p = o["loc_logits"].softmax(-1)               # [B,N]
         box = (p[..., None] * o["token_boxes"]).sum(1)  # [B,4] expected box under the pointer
-        return (o["answer_logits"], o["match_logit"], box, p.max(-1).values,
-                o["image_embed"], o["text_embed"])
+        outs = (o["answer_logits"], o["match_logit"], box, p.max(-1).values, o["image_embed"], o["text_embed"])
+        if self.decoder is not None:  # the caption decoder's memory: describe needs no second image encoder
+            outs += (self.decoder.memory(img, o["token_boxes"]),)
+        return outs
 
 
 OUTPUT_NAMES = ("answer_logits", "match_logit", "box", "box_score", "image_embed", "text_embed")
+MEMORY_OUTPUT = "describe_memory"
 INPUT_NAMES = ("image", "tokens")
+
+
+def output_names(cfg: Config) -> tuple[str, ...]:
+    """The exported graph's outputs: the task heads, then the decoder memory when there is a decoder."""
+    return OUTPUT_NAMES + ((MEMORY_OUTPUT,) if cfg.describe_layers else ())
+
+
+class DescribeStep(nn.Module):
+    """Exported describe graph (key/value cache): one token in, next-token logits and the updated cache out."""
+
+    def __init__(self, decoder: CaptionDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, memory, token, pos, past_k, past_v):
+        return self.decoder.step(memory, token, pos, past_k, past_v)
+
+
+class DescribePrefix(nn.Module):
+    """Exported describe graph (re-run the prefix): the whole padded prefix in, logits at every position out."""
+
+    def __init__(self, decoder: CaptionDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, memory, tokens):
+        return self.decoder(memory, tokens)

@@ -5,7 +5,8 @@ two questions, one referring expression, one true and one false caption. Losses:
 VQA cross-entropy, image-text matching (binary), locating (pointer cross-entropy +
 L1 box), CLIP-style contrastive loss on pooled embeddings, and an auxiliary
 per-cell attribute loss on the image tokens that teaches the image tower what is
-where (train-only; not exported).
+where (train-only; not exported). A model with a caption decoder (describe) also
+learns each image's reference caption by teacher forcing (next-token cross-entropy).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..scenes import caption as CAP
 from ..scenes.grammar import ANSWERS, COLORS, SHAPES, SIZES, vocabulary
 from ..vision.preprocess import MEAN, STD
 from . import data as D
@@ -176,6 +178,10 @@ def batch_losses(model: SlimPajama, aux: AuxHead, cache: D.Cache, idx: np.ndarra
     logits = model.logit_scale.exp().clamp(max=100) * ie @ te.t()
     tgt = torch.arange(B)
     L["clip"] = 0.5 * (F.cross_entropy(logits, tgt) + F.cross_entropy(logits.t(), tgt))
+    if model.decoder is not None and cache.cap_tok is not None:  # describe: teacher forcing on the caption
+        cap = torch.from_numpy(cache.cap_tok[idx])                 # [B,Lc] bos ... eos pad
+        logits = model.decoder(model.decoder.memory(img, boxes), cap[:, :-1])  # [B,Lc-1,V]
+        L["caption"] = F.cross_entropy(logits.flatten(0, 1), cap[:, 1:].flatten(), ignore_index=CAP.PAD)
     cells = torch.from_numpy(cache.cells[idx])                   # [B,36,3]
     ac, ash, asz = aux(img)
     L["aux"] = (F.cross_entropy(ac.flatten(0, 1), cells[..., 0].flatten())
@@ -200,7 +206,8 @@ def train(a: TrainArgs, log=print) -> Path:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = config_for(a.size, vocab_size=len(vocabulary()), num_answers=len(ANSWERS), **a.overrides)
+    cfg = config_for(a.size, vocab_size=len(vocabulary()), num_answers=len(ANSWERS),
+                     caption_vocab=len(CAP.CAPTION_VOCAB), caption_len=CAP.MAX_TOKENS, **a.overrides)
     model, aux = SlimPajama(cfg), AuxHead(cfg.dim)
     params = list(model.parameters()) + list(aux.parameters())
     decay = [p for p in params if p.ndim >= 2]
@@ -210,6 +217,10 @@ def train(a: TrainArgs, log=print) -> Path:
     ckpt, step, elapsed = out / "last.pt", 0, 0.0
     if ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
+        if st.get("config", {}).get("describe_layers", 0) != cfg.describe_layers:
+            raise ValueError(f"{ckpt} was trained with describe_layers={st.get('config', {}).get('describe_layers', 0)}"
+                             f", this run has {cfg.describe_layers}; train into a new --out (with --init-from "
+                             f"{ckpt} to warm-start from it)")
         model.load_state_dict(st["model"])
         aux.load_state_dict(st["aux"])
         opt.load_state_dict(st["opt"])
@@ -224,6 +235,9 @@ def train(a: TrainArgs, log=print) -> Path:
         aux.load_state_dict(st["aux"])
         log(f"warm start from {a.init_from}; new parameters: {missing}; dropped: {unexpected}")
     cache = _get_cache(a, cfg, log)
+    if model.decoder is not None and (cache.cap_tok is None or cache.cap_tok.shape[1] != cfg.caption_len):
+        raise ValueError(f"the scene cache in {a.cache_dir} has no caption targets of length {cfg.caption_len} "
+                         "(built by an older edge-slim); delete it to re-render, or pass another --cache-dir")
     qt = question_targets(cache)
     ct_t, cf_t = text_targets(cache.c_true, cache.cells), text_targets(cache.c_false, cache.cells)
     rng = np.random.default_rng([a.seed, step])

@@ -12,6 +12,7 @@ COMMANDS = {
     "ask": ("edge_slim.cli.infer:ask", "Answer a question about an image."),
     "match": ("edge_slim.cli.infer:match", "Score how well texts describe an image."),
     "locate": ("edge_slim.cli.infer:locate", "Find the object a phrase names; print its box."),
+    "describe": ("edge_slim.cli.describe:describe", "Describe an image: its objects and where they are."),
     "bench": ("edge_slim.cli.bench:bench_cmd", "Time models side by side on this device (paired rounds)."),
     "info": ("edge_slim.cli.info:info", "Show a model bundle's verified manifest."),
     "eval": ("edge_slim.cli.evaluate:eval_cmd", "Accuracy on freshly generated held-out scenes."),

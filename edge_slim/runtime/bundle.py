@@ -43,6 +43,14 @@ class Bundle:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def graph(self, name: str, what: str) -> "Bundle":
+        """A view of this bundle whose model file is the extra graph `name` (e.g. the describe
+        decoder), for a backend to load; the graph must be one of the checksummed files."""
+        if name not in self.manifest["files"]:
+            raise ModelError(f"{self.path}: the manifest names {name} for {what}, but the bundle does not hold it "
+                             "(quantize and compile do not carry extra graphs yet; use the exported fp32 bundle)")
+        return Bundle(self.path, {**self.manifest, "model_file": name})
+
 
 def default_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "slimpajama-tiny"

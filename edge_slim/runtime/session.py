@@ -2,9 +2,14 @@
 
 One Session can be shared between threads: it holds no per-call state, and every
 backend's `run` is thread-safe.
+
+`ask` only answers with words of the type the question asks for: the question's opening words
+give its family (edge_slim.scenes.families) and the answer head is restricted to that family's
+answers before the softmax, so a colour question never gets a number.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -12,10 +17,12 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import BadInputError, ModelError
+from ..scenes.families import FAMILY_ANSWERS, question_family
 from ..text.tokenizer import Tokenizer
 from ..vision.preprocess import ImageLike, prepare
 from .backends import available, backend_class
 from .bundle import Bundle
+from .describe import Description, Describer
 
 
 @dataclass
@@ -66,7 +73,7 @@ def choose_backend(bundle: Bundle, backend: str) -> str:
 
 
 class Session:
-    """Run SlimPajama tasks on images: ask, match, locate, embed_image, embed_text."""
+    """Run SlimPajama tasks on images: ask, match, locate, describe, embed_image, embed_text."""
 
     def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None):
         m = bundle.manifest
@@ -82,6 +89,12 @@ class Session:
         self.answers = list(m["answers"])
         self.size = int(m["preprocess"]["size"])
         self._blank_image = np.zeros((1, 3, self.size, self.size), np.float32)
+        # answer-head indices allowed per question family (families whose words the head lacks: no limit)
+        self._family_answers = {f: np.array([i for i, a in enumerate(self.answers) if a in words])
+                                for f, words in FAMILY_ANSWERS.items()}
+        self._threads = threads
+        self._describer: Describer | None = None  # the caption decoder, loaded on the first describe
+        self._describer_lock = threading.Lock()
 
     # -- inputs ------------------------------------------------------------------------------
     def prepare_image(self, image: ImageLike) -> tuple[np.ndarray, tuple[int, int]]:
@@ -95,6 +108,15 @@ class Session:
     def _run(self, image: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
         return self.backend.run({"image": image, "tokens": tokens})
 
+    def _answer_probs(self, logits: np.ndarray, question: str) -> np.ndarray:
+        """Softmax over the answers of the question's type only (the others get probability 0)."""
+        allowed = self._family_answers.get(question_family(self.tokenizer.words(question)))
+        if allowed is None or not len(allowed):
+            return _softmax(logits)
+        p = np.zeros_like(logits)
+        p[allowed] = _softmax(logits[allowed])
+        return p
+
     # -- tasks -------------------------------------------------------------------------------
     def ask(self, image: ImageLike, question: str | Sequence[str], top_k: int = 5):
         """Answer a question (or a list of questions, decoding the image once) about an image."""
@@ -106,9 +128,9 @@ class Session:
             raise BadInputError("no question given")
         toks = [self._tokens(q, "ask") for q in qs]
         out = []
-        for tk in toks:
-            p = _softmax(self._run(x, tk)["answer_logits"][0].astype(np.float64))
-            order = np.argsort(-p)[:max(1, top_k)]
+        for q, tk in zip(qs, toks):
+            p = self._answer_probs(self._run(x, tk)["answer_logits"][0].astype(np.float64), q)
+            order = np.argsort(-p, kind="stable")[:max(1, min(top_k, int((p > 0).sum())))]
             out.append(Answer(self.answers[order[0]], float(p[order[0]]),
                               [[self.answers[i], round(float(p[i]), 6)] for i in order], 0.0, self.backend_name))
         ms = (time.perf_counter() - t0) * 1000 / len(out)
@@ -136,6 +158,21 @@ class Session:
         b = np.clip(o["box"][0].astype(np.float64), 0.0, 1.0) * [w, h, w, h]
         return Location([round(float(v), 2) for v in b], round(float(o["box_score"][0]), 6),
                         round((time.perf_counter() - t0) * 1000, 3), self.backend_name)
+
+    def describe(self, image: ImageLike) -> Description:
+        """A caption of the image in the scene grammar's words: every object with its size, colour and
+        shape, left to right, each with its relation to the one before (docs/scenes.md, Captions)."""
+        t0 = time.perf_counter()
+        with self._describer_lock:
+            if self._describer is None:
+                self._describer = Describer(self.bundle, backend_class(self.backend_name), threads=self._threads)
+        d = self._describer
+        x, _ = self.prepare_image(image)
+        memory = self._run(x, self._tokens("object", "match"))[d.spec["memory_output"]]
+        from ..scenes.caption import decode_caption, parse_caption
+        text = decode_caption(d.tokens(memory), d.vocab)
+        return Description(text, parse_caption(text, strict=False).objects,
+                           round((time.perf_counter() - t0) * 1000, 3), self.backend_name)
 
     def embed_image(self, image: ImageLike) -> np.ndarray:
         """Unit-norm image embedding (contrastively trained with embed_text) for retrieval."""

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import BadInputError
+from .generate import relation_holds, scene_margin
 from .grammar import COLORS, MAX_OBJECTS, RELATION_MARGIN, RELATIONS, SHAPES, SIZES
 
 # The decoder's output vocabulary: id i is CAPTION_VOCAB[i]. A relation ("left of") is one token,
@@ -41,13 +42,13 @@ def _key(o: dict) -> tuple[str, str, str]:
     return (o["size"], o["color"], o["shape"])
 
 
-def relation_between(a: dict, b: dict) -> str | None:
-    """The relation `a rel b` that holds by the widest margin (centres, as in the questions), or None
-    when the centres are within RELATION_MARGIN on both axes."""
+def relation_between(a: dict, b: dict, margin: float = RELATION_MARGIN) -> str | None:
+    """Of the relations `a rel b` that hold as in the spatial questions (generate.relation_holds),
+    the one whose centres are farthest apart; None when none holds."""
     d = {"left of": b["x"] - a["x"], "right of": a["x"] - b["x"], "above": b["y"] - a["y"],
          "below": a["y"] - b["y"]}
-    rel = max(RELATIONS, key=lambda r: d[r])  # ties: the first in RELATIONS, so the choice is fixed
-    return rel if d[rel] > RELATION_MARGIN else None
+    ok = [r for r in RELATIONS if relation_holds(a, b, r, margin) is True]
+    return max(ok, key=lambda r: d[r]) if ok else None  # ties: the first in RELATIONS, so the choice is fixed
 
 
 def ordered(objects: list[dict]) -> list[dict]:
@@ -58,12 +59,12 @@ def ordered(objects: list[dict]) -> list[dict]:
 def caption_words(scene: dict) -> list[str]:
     """The reference caption of a scene as decoder tokens (without bos/eos)."""
     words: list[str] = []
-    prev = None
+    prev, margin = None, scene_margin(scene)
     for o in ordered(scene["objects"]):
         if prev is not None:
             words.append(",")
         words += ["a", o["size"], o["color"], o["shape"]]
-        rel = relation_between(o, prev) if prev is not None else None
+        rel = relation_between(o, prev, margin) if prev is not None else None
         if rel is not None:
             words += [rel, "it"]
         prev = o
@@ -159,11 +160,10 @@ class CaptionScore:
     exact: bool             # every object named once, nothing else, and every relation true
 
 
-def _relation_true(scene_objs: list[dict], a: dict, rel: str, b: dict) -> bool:
-    from .generate import relation_holds
-    ka, kb = _key(a), _key(b)
-    return any(relation_holds(x, y, rel) is True for i, x in enumerate(scene_objs) if _key(x) == ka
-               for j, y in enumerate(scene_objs) if j != i and _key(y) == kb)
+def _relation_true(scene: dict, a: dict, rel: str, b: dict) -> bool:
+    ka, kb, objs, margin = _key(a), _key(b), scene["objects"], scene_margin(scene)
+    return any(relation_holds(x, y, rel, margin) is True for i, x in enumerate(objs) if _key(x) == ka
+               for j, y in enumerate(objs) if j != i and _key(y) == kb)
 
 
 def score_caption(text: str, scene: dict) -> CaptionScore:
@@ -172,7 +172,7 @@ def score_caption(text: str, scene: dict) -> CaptionScore:
     said, truth = Counter(_key(o) for o in p.objects), Counter(_key(o) for o in scene["objects"])
     matched = sum(min(n, truth[k]) for k, n in said.items())
     mentioned = len(p.objects) + len(p.bad)
-    rel_true = sum(_relation_true(scene["objects"], p.objects[i], r, p.objects[j]) for i, r, j in p.relations)
+    rel_true = sum(_relation_true(scene, p.objects[i], r, p.objects[j]) for i, r, j in p.relations)
     exact = not p.bad and said == truth and rel_true == len(p.relations)
     return CaptionScore(mentioned, matched, sum(truth.values()), len(p.relations), rel_true, exact)
 

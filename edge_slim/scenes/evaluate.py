@@ -2,7 +2,8 @@
 
 For each generated sample: one question per family (VQA accuracy), the true caption
 among 8 candidates (matching recall@1), and one referring expression (share of
-predicted boxes with IoU >= 0.5 against the true box).
+predicted boxes with IoU >= 0.5 against the true box). `type_errors` counts answers not of the
+type the question's family asks for (a number to a colour question, ...), right or wrong.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from . import renderers as R
+from .families import answer_type_ok
 from .render import MODEL_RES, render
 from ..vision.preprocess import load_image
 
@@ -41,12 +43,14 @@ def evaluate(session, samples: int = 500, seed: int = DEFAULT_EVAL_SEED,
     R.get(renderer)
     fam_ok: dict[str, list[int]] = {}
     r1, iou = [], []
+    type_errors = 0
     for i in range(samples):
         s = R.sample(renderer, seed, i)
         img = model_image(renderer, s["scene"])
         qs = s["questions"]
         for q, a in zip(qs, session.ask(img, [q["text"] for q in qs])):
             fam_ok.setdefault(q["family"], []).append(int(a.answer == q["answer"]))
+            type_errors += not answer_type_ok(q["family"], a.answer)
         r1.append(int(session.match(img, s["captions"]).best == s["caption_true"]))
         if s["refer"] is not None:
             iou.append(box_iou(session.locate(img, s["refer"]["text"]).box, s["refer"]["box"]))
@@ -57,4 +61,5 @@ def evaluate(session, samples: int = 500, seed: int = DEFAULT_EVAL_SEED,
             "per_family": {k: round(float(np.mean(fam_ok[k])), 4) for k in sorted(fam_ok)},
             "match_r1": round(float(np.mean(r1)), 4),
             "locate_iou50": round(float(np.mean(np.array(iou) >= 0.5)), 4),
+            "type_errors": int(type_errors),
             "samples": samples, "seed": seed, "renderer": renderer}
