@@ -29,6 +29,8 @@ from edge_slim.runtime.bundle import default_model_dir  # noqa: E402
 from edge_slim.scenes import generate as G  # noqa: E402
 from edge_slim.scenes.render import render  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test needs the CMake build (~25-45 s on 2 cores) and a compiled bundle
+
 REPO = Path(__file__).resolve().parent.parent
 ARM_ENV = REPO / "scripts" / "arm-env.sh"
 SEED = 20261206          # held out: training draws seed 0, `edge-slim eval` defaults to 1
@@ -184,7 +186,6 @@ def compare(got: list[dict], ref: list[dict], lines: list[str]) -> dict:
     return counts
 
 
-@pytest.mark.slow
 @needs_cmake
 def test_x86_answers_like_python(x86, scenes, tmp_path):
     bundle = compiled("x86-64")
@@ -194,7 +195,6 @@ def test_x86_answers_like_python(x86, scenes, tmp_path):
     assert counts["match"] == counts["locate"] == SCENES and counts["ask"] >= SCENES, counts
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not has_cc("rpi5"), reason="no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu "
                     "libc6-dev-arm64-cross)")
 def test_aarch64_under_qemu_answers_like_python(arm, scenes, tmp_path):
@@ -248,7 +248,6 @@ def test_tampered_and_wrong_target_bundles_are_refused(x86, tmp_path):
     assert "needs CPU features no_such_cpu_feature" in err and "(wrong target)" in err, err
 
 
-@pytest.mark.slow
 def test_aarch64_build_refuses_an_x86_bundle_under_qemu(arm, tmp_path):
     prefix, env = arm
     r = subprocess.run(["qemu-aarch64-static", str(prefix / "bin" / "robot_loop"), str(compiled("x86-64")),
@@ -342,8 +341,40 @@ bad = b"\x89PNG\r\n\x1a\nnot really"
 ptr = ctypes.c_void_p()
 assert lib.es_image_from_memory(sess, bad, ctypes.c_size_t(len(bad)), ctypes.byref(ptr)) == 2
 assert b"not a readable" in lib.es_last_error()
+
+# one session shared by threads (ctypes drops the GIL in the calls): the same answers as one thread
+import threading
+class Answer(ctypes.Structure):
+    _fields_ = [("answer", ctypes.c_char_p), ("score", ctypes.c_double), ("n_top", ctypes.c_int),
+                ("top_answer", ctypes.c_char_p * 5), ("top_score", ctypes.c_double * 5), ("latency_ms", ctypes.c_double)]
+px = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+img = ctypes.c_void_p()
+assert lib.es_image_from_pixels(sess, px.ctypes.data_as(ctypes.c_void_p), 96, 96, ctypes.c_size_t(0), 3,
+                                ctypes.byref(img)) == 0
+qs = [b"what color is the cube?", b"how many spheres are there?", b"is there a red cone?", b"what size is the torus?"]
+def ask(q):
+    a = Answer()
+    assert lib.es_ask(sess, img, q, ctypes.byref(a)) == 0, lib.es_last_error()
+    return (a.answer, a.score)
+want = {q: ask(q) for q in qs}
+bad = []
+def worker(k):
+    for i in range(12):
+        q = qs[(i + k) % len(qs)]
+        if ask(q) != want[q]:
+            bad.append(q)
+ts = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+assert not bad, bad
+# errors come back as codes, never an abort
+a = Answer()
+assert lib.es_ask(sess, None, b"x", ctypes.byref(a)) == 1 and b"NULL" in lib.es_last_error()
+assert lib.es_ask(sess, img, b"  ?? ", ctypes.byref(a)) == 2 and b"empty" in lib.es_last_error()
+none = ctypes.c_void_p()
+assert lib.es_open(b"/nonexistent/bundle", None, ctypes.byref(none)) == 3 and not none.value
+lib.es_image_free(img)
 lib.es_close(sess)
-print(json.dumps({"tensors": n, "worst": worst, "level": LEVEL}))
+print(json.dumps({"tensors": n, "worst": worst, "level": LEVEL, "threaded_calls": 48}))
 """
 
 
@@ -351,7 +382,8 @@ print(json.dumps({"tensors": n, "worst": worst, "level": LEVEL}))
 def test_preprocessing_and_tokenizer_match_python_exactly(x86, tmp_path):
     """Tensors from pixel buffers and PNG files (RGB, gray, palette, RGBA, gray+alpha; resized up, down and to
     non-square sources) equal preprocess.prepare's bit for bit (square or one-side resizes), within one pixel
-    level for the two-pass resizes Pillow 13 runs in another order; token ids equal Tokenizer.encode's."""
+    level for the two-pass resizes Pillow 13 runs in another order; token ids equal Tokenizer.encode's; one
+    session shared by 4 threads answers as one thread; bad calls return codes."""
     (tmp_path / "parity.py").write_text(PARITY)
     lib = x86 / "lib" / "libedgeslim.so"
     # no `tvm` in that process: libedgeslim brings its own runtime (the prefix's libs, via $ORIGIN)
