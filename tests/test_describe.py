@@ -163,6 +163,28 @@ def test_evaluate_counts_type_errors():
     assert evaluate(edge_slim.load(), samples=2)["type_errors"] == 0
 
 
+class _Describes:
+    """A session stub whose describe returns a fixed function of the scene it is shown (by index)."""
+
+    def __init__(self, texts):
+        self.texts = iter(texts)
+
+    def describe(self, img):
+        from edge_slim.runtime.describe import Description
+        return Description(next(self.texts), [], 0.0, "stub")
+
+
+def test_evaluate_describe_scores_what_describe_says():
+    from edge_slim.scenes import renderers as R
+    scenes = [R.place("flat", 1, i) for i in range(5)]
+    r = C.evaluate_describe(_Describes([C.caption(s) for s in scenes]), samples=5)
+    assert (r["object_precision"], r["object_recall"], r["exact_scene"], r["relation_precision"]) == (1, 1, 1, 1)
+    first = [C.join_words(C.caption_words(s)[:4]) for s in scenes]  # only the leftmost object
+    r = C.evaluate_describe(_Describes(first), samples=5)
+    assert r["object_precision"] == 1 and r["object_recall"] == round(5 / sum(len(s["objects"]) for s in scenes), 4)
+    assert r["exact_scene"] == 0 and r["relation_precision"] is None
+
+
 def test_describe_on_a_bundle_without_describe_graphs_exit_4():
     p = cli("describe", IMG)
     assert_clean_error(p, 4)
@@ -268,6 +290,23 @@ def test_describe_is_light(tiny_bundle):
 
 
 @SHARES_EXPORT
+@SHARES_EXPORT
+def test_a_bundle_that_lost_its_describe_graph_exit_4(tiny_bundle, tmp_path):
+    """What quantize and compile make today: the manifest's describe entry without the decoder graph."""
+    import shutil
+
+    from edge_slim.runtime.bundle import write_manifest
+    _, out, _ = tiny_bundle
+    dst = tmp_path / "b"
+    shutil.copytree(out, dst)
+    (dst / "describe_decoder.onnx").unlink()
+    write_manifest(dst, {k: v for k, v in json.loads((dst / "manifest.json").read_text()).items() if k != "files"})
+    p = cli("describe", IMG, "--model", dst)
+    assert_clean_error(p, 4)
+    assert "describe_decoder.onnx" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert cli("ask", IMG, "is there a cube?", "--model", dst, check=0).stdout.strip()  # the rest still works
+
+
 def test_a_tampered_describe_graph_is_refused(tiny_bundle, tmp_path):
     import shutil
     _, out, _ = tiny_bundle

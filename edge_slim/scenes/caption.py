@@ -189,17 +189,18 @@ def summarize(scores: list[CaptionScore]) -> dict:
             "samples": len(scores)}
 
 
-def evaluate_describe(session, samples: int = 200, seed: int | None = None,
+def evaluate_describe(session, samples: int = 200, seed: int | None = None, renderer: str = "flat",
                       progress: Callable[[int], None] | None = None) -> dict:
-    """Caption figures of `session.describe` on fresh scenes of stream `seed` (default: the eval stream)."""
-    from . import generate as G
-    from .evaluate import DEFAULT_EVAL_SEED
-    from .render import MODEL_RES, render
+    """Caption figures of `session.describe` on fresh scenes of stream `seed` (default: the eval
+    stream) drawn by `renderer` (scenes/renderers.py), as `evaluate()` draws them."""
+    from . import renderers as R
+    from .evaluate import DEFAULT_EVAL_SEED, model_image
+    R.get(renderer)
     seed = DEFAULT_EVAL_SEED if seed is None else seed
     scores = []
     for i in range(samples):
-        scene = G.sample_scene(seed, i)
-        scores.append(score_caption(session.describe(render(scene, MODEL_RES)).text, scene))
+        scene = R.place(renderer, seed, i)
+        scores.append(score_caption(session.describe(model_image(renderer, scene)).text, scene))
         if progress:
             progress(1)
-    return {**summarize(scores), "seed": seed}
+    return {**summarize(scores), "seed": seed, "renderer": renderer}
