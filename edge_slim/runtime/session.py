@@ -161,7 +161,7 @@ class Session:
 
     def describe(self, image: ImageLike) -> Description:
         """A caption of the image in the scene grammar's words: every object with its size, colour and
-        shape, left to right, each with its relation to the one before (docs/scenes.md, Captions)."""
+        shape, left to right, each with its relation to the one before (docs/scenes.md, Scene descriptions)."""
         t0 = time.perf_counter()
         with self._describer_lock:
             if self._describer is None:
