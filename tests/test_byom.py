@@ -452,3 +452,25 @@ def test_bench_times_an_own_compiled_model_beside_its_onnx(tmp_path):
     assert isinstance(r.exception, BadInputError) and "name the compiled bundle first" in str(r.exception)
     r = CliRunner().invoke(cli, ["bench", str(tmp_path / "o"), "--rounds", "1"])     # default --call model,ask
     assert isinstance(r.exception, BadInputError) and "pass --call model" in str(r.exception)
+
+
+def test_quantized_own_model_bundle_compiles_and_matches_its_onnx(tmp_path):
+    """quantize MODEL.onnx -> an int8 ONNX bundle -> compile (int8 kept) -> TVM agrees with ORT on that graph."""
+    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.quantize_any import quantize_onnx
+    from edge_slim.runtime.backends.tvm_backend import TvmBackend
+    src = tiny_convnet(tmp_path)
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    quantize_onnx(src, tmp_path / "q", calib=tmp_path / "calib.npz", max_drop=1.0)
+    m = compile_model(tmp_path / "q", "x86-64", out=tmp_path / "c", input_shapes={"x": [1, 3, 16, 16]})
+    assert m["precision"] == "int8" and m["inputs"] == [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32"}]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(tmp_path / "q" / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    be = TvmBackend(B.open_bundle(tmp_path / "c"), threads=1)
+    for i in range(2):
+        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x[i:i + 1]})))
+        got = be.run({"x": x[i:i + 1]})
+        for k in ref:   # activations are rounded to uint8 in both; a last-bit difference can move one step
+            assert np.abs(got[k] - ref[k]).max() <= 0.05 * max(1.0, float(np.abs(ref[k]).max())), k

@@ -91,7 +91,7 @@ def phase_load(job: Job):
         raise ModelError(f"{job.onnx_path}: not a readable ONNX model ({e})") from None
     m = _prepare_graph(m, job)
     m = legalize_qlinear(m, job)
-    if any(n.op_type == "Shape" for n in m.graph.node) and job.bundle is None:
+    if any(n.op_type == "Shape" for n in m.graph.node) and own_model(job):
         m = _fold_shapes(m, job)
     check_operators(m)
     graph_prec = "int8" if any(n.op_type in QUANT_OPS for n in m.graph.node) else "fp32"
@@ -115,7 +115,7 @@ def _prepare_graph(m, job: Job):
     if job.binds:
         job.flags["bound_inputs"] = R.bind_inputs(m, job.binds)
     R.apply_input_specs(m, job.inputs)
-    if job.bundle is None:  # bring-your-own graphs; the SlimPajama bundles import as exported
+    if own_model(job):  # the SlimPajama bundles import as exported
         stats = R.fold(m)
         job.flags.update({f"onnx_{k}": v for k, v in stats.items() if v})
         rewritten = R.apply_rewrites(m)
@@ -124,6 +124,11 @@ def _prepare_graph(m, job: Job):
     if job.dynamic:
         job.flags["dynamic_dims"] = dict(job.dynamic)
     return m
+
+
+def own_model(job: Job) -> bool:
+    """A bare .onnx, or a bundle without a tokenizer (an own model quantized by `edge-slim quantize`)."""
+    return job.bundle is None or not job.bundle.manifest.get("tokenizer")
 
 
 def _fold_shapes(m, job: Job):
@@ -446,7 +451,7 @@ def write_compiled_bundle(job: Job, total_s: float) -> dict:
         "schema": B.SCHEMA_VERSION, "name": name, "format": "tvm", "precision": job.precision,
         "model_file": "model.so",
         **{k: src_manifest.get(k) for k in COPY_KEYS},
-        "inputs": src_manifest.get("inputs") or job.inputs,
+        "inputs": job.inputs if own_model(job) else src_manifest.get("inputs") or job.inputs,
         "preprocess": job.preprocess or src_manifest.get("preprocess"),
         "outputs": outputs,
         "target": target_info,
