@@ -126,6 +126,12 @@ def test_silero_vad_if_needs_bind_then_names_lstm(tmp_path):
     msg = str(e.value)
     assert "LSTM (1 node)" in msg and "If (" not in msg, msg
     assert "docs/compile.md" in msg and not (tmp_path / "b").exists()
+    p = subprocess.run([sys.executable, "-m", "edge_slim", "compile", str(src), "-o", str(tmp_path / "c"),
+                        "--input-shape", "input=1,512", "--input-shape", "state=2,1,128", "--bind", "sr=16000"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 4 and "Traceback" not in p.stderr, p.stderr
+    assert [line for line in p.stderr.splitlines() if line.startswith("edge-slim: error:")] == \
+        [f"edge-slim: error: {msg}"], p.stderr
 
 
 # ---------------------------------------------------------------- the rewrites, on tiny graphs

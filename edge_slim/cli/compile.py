@@ -8,12 +8,17 @@ import click
 from .common import emit, json_option
 
 
+_open_line = [False]   # a phase line is printed without its newline until the phase is done
+
+
 def _progress(ev: dict) -> None:
     if ev["state"] == "start":
         click.echo(f"[{ev['index']}/{ev['total']}] {ev['phase']:<9} ...", err=True, nl=False)
         sys.stderr.flush()
+        _open_line[0] = True
     else:
         click.echo(f" {ev['seconds']:6.2f} s", err=True)
+        _open_line[0] = False
 
 
 @click.command("compile")
@@ -55,9 +60,15 @@ def compile_cmd(model, target, precision, out, tune_trials, input_shapes, dynami
                + (f" tune-trials={tune_trials}" if tune_trials else "")
                + "".join(f" --input-shape {s}" for s in input_shapes) + "".join(f" --dynamic {s}" for s in dynamic)
                + "".join(f" --bind {s}" for s in binds), err=True)
-    m = compile_model(model, tgt.name, precision=precision, out=out, tune_trials=tune_trials, input_shapes=shapes,
-                      dynamic=dyn, binds=bound, preprocess=prep, cuda_arch=cuda_arch, recipe=recipe, debug_dump=debug_dump, tuning_dir=tuning_dir,
-                      progress=None if as_json else _progress)
+    try:
+        m = compile_model(model, tgt.name, precision=precision, out=out, tune_trials=tune_trials,
+                          input_shapes=shapes, dynamic=dyn, binds=bound, preprocess=prep, cuda_arch=cuda_arch,
+                          recipe=recipe, debug_dump=debug_dump, tuning_dir=tuning_dir,
+                          progress=None if as_json else _progress)
+    finally:
+        if _open_line[0]:  # an error ends the phase's line, so that it is a line of its own
+            click.echo("", err=True)
+            _open_line[0] = False
     size = m["files"]["model.so"]["bytes"]
     emit({"path": m["path"], "target": m["target"], "precision": m["precision"], "compile": m["compile"],
           "bytes": size}, as_json,
