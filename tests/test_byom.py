@@ -134,6 +134,15 @@ def test_silero_vad_if_needs_bind_then_names_lstm(tmp_path):
         [f"edge-slim: error: {msg}"], p.stderr
 
 
+def test_silero_vad_16k_export_folds_its_shape_ifs_and_names_lstm(tmp_path):
+    """The 16 kHz export's three Ifs branch on shapes: with the shapes fixed they fold away unbound."""
+    from edge_slim.aot.lower import compile_model
+    with pytest.raises(ModelError, match=r"^[^;]*LSTM \(1 node\) at /model/decoder/rnn/LSTM\. See") as e:
+        compile_model(need(SILERO / "silero_vad_16k_op15.onnx"), "x86-64", out=tmp_path / "a",
+                      input_shapes={"input": [1, 512], "state": [2, 1, 128]})
+    assert "If" not in str(e.value)
+
+
 # ---------------------------------------------------------------- the rewrites, on tiny graphs
 def _save(tmp_path, nodes, inputs, outputs, inits=(), opset=17) -> Path:
     from onnx import helper
