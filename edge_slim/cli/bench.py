@@ -88,9 +88,13 @@ def _busy() -> str | None:
               help="Also time all configurations alive at once, called in turn (one call each), against alone.")
 @click.option("--image-px", type=click.IntRange(8, 8192), default=None,
               help="Side of the PNGs `ask` reads (default: the model's input size, 96).")
+@click.option("--rpc", metavar="HOST:PORT", default=None,
+              help="Time compiled MODELs on a board from this TVM RPC tracker, with the board's clock "
+                   "(docs/device-farm.md).")
+@click.option("--key", default=None, help="The board's device key at the tracker (with --rpc), e.g. rpi5.")
 @json_option
 def bench_cmd(models, precision, backends, threads, rounds, block, warmup, samples, calls, questions, together,
-              image_px, as_json):
+              image_px, rpc, key, as_json):
     """Time MODELs (default: the shipped fp32 and int8 SlimPajama-Tiny) side by side, in paired rounds.
 
     Ratios are to the first configuration with the same thread count and call (fp32 first, so int8 / fp32);
@@ -98,6 +102,18 @@ def bench_cmd(models, precision, backends, threads, rounds, block, warmup, sampl
     one, together with alone. See edge_slim/runtime/bench.py for why the harness is built so.
     """
     import edge_slim
+
+    if (rpc is None) != (key is None):
+        raise click.BadParameter("--rpc and --key go together", param_hint="--rpc/--key")
+    if rpc:
+        from ..runtime.backends import rpc_backend
+        rpc_backend.parse_tracker(rpc)
+        if not models:
+            raise click.BadParameter("--rpc times compiled bundles: name them (edge-slim compile --target BOARD)",
+                                     param_hint="MODEL")
+        report = rpc_backend.board_bench(list(models), rpc, key, number=max(1, block // 10), repeat=rounds)
+        emit(report, as_json, rpc_backend.table(report))
+        return
 
     from ..runtime.bench import CALLS, Config, bench, table
     from .progress import Progress

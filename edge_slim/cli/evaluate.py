@@ -34,10 +34,21 @@ def _table(results: dict, backend: str) -> str:
               help="Renderer(s) that draw the scenes: flat, varied2d, raycast, unseen (evaluation only); "
                    "a comma list reports them side by side.")
 @threads_option
+@click.option("--rpc", metavar="HOST:PORT", default=None,
+              help="Run on a board from this TVM RPC tracker (a compiled bundle; docs/device-farm.md).")
+@click.option("--key", default=None, help="The board's device key at the tracker (with --rpc), e.g. rpi5.")
 @json_option
-def eval_cmd(model, precision, backend, samples, seed, renderer, threads, as_json):
+def eval_cmd(model, precision, backend, samples, seed, renderer, threads, rpc, key, as_json):
     """VQA accuracy (overall and per question family), matching R@1 and locate IoU>=0.5."""
+    import os
+
     import edge_slim
+    if (rpc is None) != (key is None):
+        raise click.BadParameter("--rpc and --key go together", param_hint="--rpc/--key")
+    if rpc:
+        from ..runtime.backends.rpc_backend import ENV_KEY, ENV_TRACKER, parse_tracker
+        parse_tracker(rpc)
+        os.environ[ENV_TRACKER], os.environ[ENV_KEY], backend = rpc, key, "rpc"
 
     from ..scenes.evaluate import DEFAULT_EVAL_SEED, evaluate
     from ..scenes.renderers import parse_names

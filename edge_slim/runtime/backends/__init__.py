@@ -17,10 +17,11 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     "ort": ("edge_slim.runtime.backends.ort_backend:OrtBackend", "ort"),
     "numpy": ("edge_slim.runtime.backends.numpy_backend:NumpyBackend", None),
     "tvm": ("edge_slim.runtime.backends.tvm_backend:TvmBackend", "tvm-runtime"),
+    "rpc": ("edge_slim.runtime.backends.rpc_backend:RpcBackend", "tvm"),  # a board through a TVM RPC tracker
 }
 
 # the bundle format each backend runs
-FORMATS = {"ort": "onnx", "numpy": "onnx", "tvm": "tvm"}
+FORMATS = {"ort": "onnx", "numpy": "onnx", "tvm": "tvm", "rpc": "tvm"}
 
 
 class Backend(Protocol):
