@@ -45,3 +45,27 @@ def bundle_copy(tmp_path):
     dst = tmp_path / "bundle"
     shutil.copytree(shipped_dir(), dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def dev_model(tmp_path_factory) -> Path:
+    """A random-init SlimPajama-Tiny exported to ONNX once per session. $EDGE_SLIM_DEV_MODEL names one exported
+    before: the rerun of the int8 tests on an emulated CPU (test_int8_arith.py) passes it, so as not to import
+    torch under qemu."""
+    if os.environ.get("EDGE_SLIM_DEV_MODEL"):
+        return Path(os.environ["EDGE_SLIM_DEV_MODEL"])
+    torch = pytest.importorskip("torch")
+    from edge_slim.aot.export import to_onnx
+    from edge_slim.aot.model import SlimPajama, config_for
+    from edge_slim.scenes.grammar import ANSWERS, vocabulary
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        m = SlimPajama(config_for("tiny", vocab_size=len(vocabulary()), num_answers=len(ANSWERS))).eval()
+        path = tmp_path_factory.mktemp("dev") / "model.onnx"
+        to_onnx(m, path)
+    finally:
+        torch.set_num_threads(threads)
+    return path

@@ -122,6 +122,32 @@ def test_weight_scales_per_tensor_or_per_channel(form, per_channel, src_bundle, 
                           for s, d in zip(scales, (dims[n.input[1]] for n in g.node if n.op_type == "MatMulInteger")))
 
 
+@pytest.mark.parametrize("bits,limit", [(7, 64), (8, 127)])
+def test_weight_bits_bound_every_integer_weight(bits, limit, src_bundle, feeds, tmp_path):
+    """7-bit weights ([-64, 64]) are what make a bundle exact on every CPU: no uint8 x int8 pair can reach int16's
+    limit (2 x 255 x 64 = 32,640); the weights of MatMulInteger and QLinearConv must all stay inside the range."""
+    from onnx import numpy_helper
+    g = onnx.load(str(Q.build(src_bundle / "model.onnx", tmp_path / "q.onnx", Q.FORMS[Q.DEFAULT_FORM], feeds,
+                              weight_bits=bits))).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    ws = [inits[n.input[1]] for n in g.node if n.op_type == "MatMulInteger" and n.input[1] in inits]
+    ws += [inits[n.input[3]] for n in g.node if n.op_type == "QLinearConv"]
+    assert len(ws) > 20 and all(w.dtype == np.int8 for w in ws)
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in ws) == limit
+    assert Q.may_saturate(Q.FORMS[Q.DEFAULT_FORM], bits) == (bits == 8)
+
+
+def test_which_arithmetics_the_budget_is_checked_in():
+    f = Q.FORMS
+    assert Q.check_arithmetics(f["dynamic-pt-rgb32"], 7) == ["exact"]
+    assert Q.check_arithmetics(f["dynamic-pt-rgb32"], 8) == ["exact", "ort-avx2"]
+    assert Q.check_arithmetics(f["weight-only"], 8) == ["exact"]      # fp32 compute: nothing to saturate
+    assert Q.check_arithmetics(f["static-qdq-s8"], 8) == ["exact"]    # int8 x int8: exact on AVX2 too
+    assert Q.check_arithmetics(f["dynamic-pt-rgb32"], 7, "both") == ["exact", "ort-avx2"]
+    with pytest.raises(BadInputError, match="unknown arithmetic"):
+        Q.check_arithmetics(f["dynamic"], 7, "avx512")
+
+
 def test_fuse_parallel_linears_keeps_the_function(src_bundle, feeds, tmp_path):
     src = src_bundle / "model.onnx"
     g, groups = Q.fuse_parallel_linears(onnx.load(str(src)))
@@ -145,6 +171,8 @@ def test_quantize_cli_end_to_end(bundle_here):
     assert q["form"] == Q.DEFAULT_FORM and q["kept_fp32"] == [] and q["calibration"]["feeds"] >= 3
     assert set(q["eval"]["per_family"]) and {"fp32", "int8"} <= set(next(iter(q["eval"]["per_family"].values())))
     assert q["size"]["ratio"] <= 0.30, q["size"]
+    assert q["integer"]["weight_range"] == [-64, 64] and q["integer"]["exact_on_every_cpu"]
+    assert q["eval"]["by_arithmetic"]["exact"] == q["eval"]["int8"]
     assert r["bundle_ratio"] <= 0.30
     info = cli("info", out)
     assert info.returncode == 0 and "int8" in info.stdout and Q.DEFAULT_FORM in info.stdout
@@ -196,7 +224,7 @@ def _fake_loop(monkeypatch, src_bundle):
     bad = [n for n in names if n in fc1][:3]  # fc1 layers are never fused, so their names survive fusion
     assert len(bad) == 3
 
-    def scores(model_file, manifest, samples, threads=None):
+    def scores(model_file, manifest, samples, threads=None, arithmetic=None):
         present = {n.name: n.op_type for n in onnx.load(str(model_file)).graph.node}
         n_bad = sum(present.get(b) != "MatMul" for b in bad)
         return {"vqa_accuracy": 0.9 - 0.01 * n_bad, "per_family": {"color": 0.9 - 0.01 * n_bad, "count": 0.8},
@@ -231,6 +259,31 @@ def test_tight_budget_keeps_the_sensitive_nodes(monkeypatch, capsys, src_bundle,
     g = onnx.load(str(tmp_path / "q8" / "model.onnx")).graph
     assert sum(n.op_type == "MatMul" and n.name in bad for n in g.node) == 3
     assert B.open_bundle(tmp_path / "q8").manifest["quantization"]["kept_fp32"] == bad
+
+
+def test_budget_holds_for_the_worst_arithmetic(monkeypatch, capsys, src_bundle, tmp_path):
+    """8-bit weights are checked in exact and in ORT's AVX2 arithmetic; a drop only the AVX2 form shows (here
+    1 point per sensitive node) must still be fixed, and the manifest records both figures and the form."""
+    bad = _fake_loop(monkeypatch, src_bundle)
+    exact_only = Q.task_scores
+    seen = []
+
+    def scores(model_file, manifest, samples, threads=None, arithmetic=None):
+        seen.append(arithmetic)
+        r = exact_only(model_file, manifest, samples, threads)
+        if arithmetic == "exact":
+            return {**r, "vqa_accuracy": 0.9, "per_family": {"color": 0.9, "count": 0.8}}
+        return r
+
+    monkeypatch.setattr(Q, "task_scores", scores)
+    code, out, err = _run_inprocess(monkeypatch, capsys, "quantize", src_bundle, "-o", tmp_path / "q8", *FAST,
+                                    "--weight-bits", "8", "--max-accuracy-drop", "0.005", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["kept_fp32"] == bad and set(seen) == {None, "exact", "ort-avx2"}  # None: the fp32 model
+    assert set(r["eval"]["by_arithmetic"]) == {"exact", "ort-avx2"}
+    i = B.open_bundle(tmp_path / "q8").manifest["quantization"]["integer"]
+    assert i["weight_bits"] == 8 and not i["exact_on_every_cpu"] and i["checked_arithmetic"] == ["exact", "ort-avx2"]
 
 
 def test_failing_budget_writes_nothing_and_exits_5(monkeypatch, capsys, src_bundle, tmp_path):

@@ -94,6 +94,44 @@ FORMS: dict[str, Form] = {
 }
 DEFAULT_FORM = "dynamic-pt-rgb32"
 METHODS = ("minmax", "entropy", "percentile")
+# Weights of the integer steps in 7 bits ([-64, 64], ORT's reduce_range) or 8 ([-127, 127]). With 8, a pair of
+# uint8 x int8 products can overflow the int16 that ONNX Runtime's AVX2 kernels (x86 without VNNI) sum it in,
+# and the bundle answers differently there than everywhere else (docs/quantize.md, aot/int8_arith.py).
+WEIGHT_BITS = (7, 8)
+DEFAULT_WEIGHT_BITS = 7
+ARITHMETIC_CHOICES = ("auto", "exact", "ort-avx2", "both")
+
+
+def may_saturate(form: Form, weight_bits: int) -> bool:
+    """Whether the form runs uint8 x int8 products that ORT's AVX2 kernels can saturate (8-bit weights only).
+    int8 x int8 (static -s8), ConvInteger and fp32-compute (weight-only) steps were measured exact there."""
+    return weight_bits == 8 and any(s.kind == "dynamic" and set(s.ops) - {"Conv"} or
+                                    s.kind == "static" and s.activation == "u8" for s in form.steps)
+
+
+def integer_form(form: Form, weight_bits: int, checked: list[str]) -> dict:
+    """The manifest's record of the integer arithmetic the bundle asks of its runtime."""
+    sat = may_saturate(form, weight_bits)
+    lim = 64 if weight_bits == 7 else 127
+    return {"activations": "uint8" if any(s.kind == "dynamic" or s.activation == "u8" for s in form.steps
+                                          if s.kind != "weights") else "int8",
+            "weights": "int8", "weight_bits": weight_bits, "weight_range": [-lim, lim],
+            "exact_on_every_cpu": not sat,
+            "why": ("a pair of uint8 x int8 products can reach 2 x 255 x 127 = 64,770 > 32,767: ONNX Runtime's AVX2 "
+                    "kernels (x86 without VNNI) saturate it in int16; VNNI, ARM, TVM and NumPy sum exactly"
+                    if sat else f"|products pair| <= 2 x 255 x {lim} = {2 * 255 * lim} <= 32,767: no int16 pair "
+                    "sum can saturate, so every runtime and CPU computes the same exact int32 sums"),
+            "checked_arithmetic": checked}
+
+
+def check_arithmetics(form: Form, weight_bits: int, arithmetic: str = "auto") -> list[str]:
+    """Which integer arithmetics the accuracy budget is checked with: "auto" = every one that can give a
+    different answer for this form (only "exact" when no product pair can saturate)."""
+    if arithmetic not in ARITHMETIC_CHOICES:
+        raise BadInputError(f"unknown arithmetic {arithmetic!r}; choose from {', '.join(ARITHMETIC_CHOICES)}")
+    if arithmetic == "auto":
+        return ["exact", "ort-avx2"] if may_saturate(form, weight_bits) else ["exact"]
+    return ["exact", "ort-avx2"] if arithmetic == "both" else [arithmetic]
 
 
 def _weight_slot(node, inits) -> tuple[int, int] | None:
@@ -244,12 +282,15 @@ def _group_name(names: list[str]) -> str:
 
 
 def build(src: Path, dst: Path, form: Form, feeds: list[dict] | None, method: str = "minmax",
-          exclude=(), only=None, cache_dir: Path | None = None) -> Path:
+          exclude=(), only=None, cache_dir: Path | None = None, weight_bits: int = DEFAULT_WEIGHT_BITS) -> Path:
     """Quantize the fp32 ONNX file `src` into `dst` in `form`, leaving `exclude` nodes in fp32.
 
     `only` (a list of node names) quantizes just those nodes (used for sensitivity);
-    calibration ranges are cached per step in `cache_dir` so repeated builds skip calibration.
+    calibration ranges are cached per step in `cache_dir` so repeated builds skip calibration;
+    `weight_bits` 7 keeps integer-step weights in [-64, 64] (exact on every CPU), 8 in [-127, 127].
     """
+    if weight_bits not in WEIGHT_BITS:
+        raise BadInputError(f"weight bits must be one of {', '.join(map(str, WEIGHT_BITS))}, not {weight_bits}")
     import onnxruntime.quantization as Q
     qt = {"u8": Q.QuantType.QUInt8, "s8": Q.QuantType.QInt8}
     calib = {"minmax": Q.CalibrationMethod.MinMax, "entropy": Q.CalibrationMethod.Entropy,
@@ -257,7 +298,7 @@ def build(src: Path, dst: Path, form: Form, feeds: list[dict] | None, method: st
     exclude, only = list(exclude), (list(only) if only is not None else None)
     with _quiet_root_logger(), tempfile.TemporaryDirectory(prefix="edge-slim-calib-") as tmp:
         work = Path(cache_dir) if cache_dir is not None else Path(tmp)
-        return _build(Q, qt, calib, Path(src), Path(dst), form, feeds, method, exclude, only, work)
+        return _build(Q, qt, calib, Path(src), Path(dst), form, feeds, method, exclude, only, work, weight_bits == 7)
 
 
 @contextlib.contextmanager
@@ -272,7 +313,7 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def _build(Q, qt, calib, src, dst, form, feeds, method, exclude, only, work):
+def _build(Q, qt, calib, src, dst, form, feeds, method, exclude, only, work, reduce_range):
     cur = src
     for k, step in enumerate(form.steps):
         out = dst if k == len(form.steps) - 1 else dst.with_name(f"{dst.stem}.step{k}.onnx")
@@ -290,7 +331,7 @@ def _build(Q, qt, calib, src, dst, form, feeds, method, exclude, only, work):
             alias = lambda names: None if names is None else names + [n + "_MatMul" for n in names]
             Q.quantize_dynamic(cur, out, op_types_to_quantize=list(step.ops), per_channel=step.per_channel,
                                weight_type=Q.QuantType.QInt8, nodes_to_quantize=alias(only_k),
-                               nodes_to_exclude=alias(exclude_k),
+                               nodes_to_exclude=alias(exclude_k), reduce_range=reduce_range,
                                extra_options={"MatMulConstBOnly": True})
         else:
             if not feeds:
@@ -299,6 +340,7 @@ def _build(Q, qt, calib, src, dst, form, feeds, method, exclude, only, work):
                               else Q.QuantFormat.QOperator, op_types_to_quantize=list(step.ops), per_channel=True,
                               activation_type=qt[step.activation], weight_type=Q.QuantType.QInt8,
                               nodes_to_quantize=only_k, nodes_to_exclude=exclude_k, calibrate_method=calib,
+                              reduce_range=reduce_range,
                               calibration_cache_path=work / f"calib-{'-'.join(step.ops)}-{method}.json",
                               extra_options={"MatMulConstBOnly": True})
         if cur != src:
@@ -319,16 +361,31 @@ def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # -- evaluation and sensitivity -------------------------------------------------------------------
-def _session(model_file: Path, manifest: dict, threads: int | None = None):
+def _session(model_file: Path, manifest: dict, threads: int | None = None, arithmetic: str | None = None):
+    """ONNX Runtime, or, when it computes in another integer arithmetic on this CPU than the one asked for,
+    the NumPy backend in that arithmetic (exact, or ORT's AVX2 form emulated bit for bit)."""
     from ..runtime.session import Session
-    return Session(B.Bundle(model_file.parent, {**manifest, "model_file": model_file.name}), backend="ort",
-                   threads=threads)
+    from .int8_arith import ort_u8s8_arithmetic
+    bundle = B.Bundle(model_file.parent, {**manifest, "model_file": model_file.name})
+    if arithmetic is None or arithmetic == ort_u8s8_arithmetic():
+        return Session(bundle, backend="ort", threads=threads)
+    return Session(bundle, backend="numpy", threads=threads, backend_options={"arithmetic": arithmetic})
 
 
-def task_scores(model_file: Path, manifest: dict, samples: int, threads: int | None = None) -> dict:
-    """Held-out accuracy (edge_slim.scenes.evaluate on seed 1) of one ONNX file with the bundle's tokenizer."""
+def task_scores(model_file: Path, manifest: dict, samples: int, threads: int | None = None,
+                arithmetic: str | None = None) -> dict:
+    """Held-out accuracy (edge_slim.scenes.evaluate on seed 1) of one ONNX file with the bundle's tokenizer,
+    computed in `arithmetic` (None: whatever ONNX Runtime does on this CPU)."""
     from ..scenes.evaluate import DEFAULT_EVAL_SEED, evaluate
-    return evaluate(_session(model_file, manifest, threads), samples=samples, seed=DEFAULT_EVAL_SEED)
+    return evaluate(_session(model_file, manifest, threads, arithmetic), samples=samples, seed=DEFAULT_EVAL_SEED)
+
+
+def worst_scores(by_arithmetic: dict[str, dict]) -> dict:
+    """Per metric (and family) the lowest score over the arithmetics the bundle may meet: the budget's figure."""
+    runs = list(by_arithmetic.values())
+    out = {**runs[0], **{k: min(r[k] for r in runs) for k in HEADLINE}}
+    out["per_family"] = {f: min(r["per_family"].get(f, 0.0) for r in runs) for f in runs[0]["per_family"]}
+    return out
 
 
 def accuracy_drop(fp32: dict, int8: dict) -> float:
@@ -358,12 +415,14 @@ def fp32_outputs(model_file: Path, feeds: list[dict]) -> dict[str, np.ndarray]:
 
 
 def sensitivity(src: Path, form: Form, names: list[str], feeds, sens_feeds, method: str, work: Path,
-                log: Callable[[str], None] = lambda m: None) -> dict[str, float]:
-    """Per node: output error vs fp32 when only that node is quantized (larger = more sensitive)."""
+                log: Callable[[str], None] = lambda m: None,
+                weight_bits: int = DEFAULT_WEIGHT_BITS) -> dict[str, float]:
+    """Per node: output error vs fp32 when only that node is quantized (larger = more sensitive), in ONNX
+    Runtime's arithmetic on this CPU (a ranking; the budget itself is checked in every arithmetic)."""
     ref = fp32_outputs(src, sens_feeds)
     out = {}
     for i, name in enumerate(names):
-        f = build(src, work / "sens.onnx", form, feeds, method, only=[name], cache_dir=work)
+        f = build(src, work / "sens.onnx", form, feeds, method, only=[name], cache_dir=work, weight_bits=weight_bits)
         out[name] = output_error(f, sens_feeds, ref)
         if (i + 1) % 10 == 0 or i + 1 == len(names):
             log(f"sensitivity {i + 1}/{len(names)}")
@@ -430,13 +489,19 @@ def default_out(model: Path, suffix: str = "int8") -> Path:
 def quantize_bundle(model=None, out=None, *, calib_samples: int = 100, calib_dir=None, method: str = "minmax",
                     form: str = DEFAULT_FORM, max_drop: float = 0.01, max_fp32_nodes: int = 16,
                     eval_samples: int = 500, threads: int | None = None, fuse: bool = False,
+                    weight_bits: int = DEFAULT_WEIGHT_BITS, arithmetic: str = "auto",
                     log: Callable[[str], None] = lambda m: None) -> dict:
     """Quantize a fp32 bundle to an int8 bundle at `out` within `max_drop`; -> the quantization report.
 
-    Raises BudgetError (and writes nothing) when the budget cannot be met.
+    The int8 accuracy is checked in every integer arithmetic of `check_arithmetics(form, weight_bits,
+    arithmetic)` and the budget applies to the worst. Raises BudgetError (and writes nothing) when the
+    budget cannot be met.
     """
     if form not in FORMS:
         raise BadInputError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
+    if weight_bits not in WEIGHT_BITS:
+        raise BadInputError(f"weight bits must be one of {', '.join(map(str, WEIGHT_BITS))}, not {weight_bits}")
+    arithmetics = check_arithmetics(FORMS[form], weight_bits, arithmetic)
     if method not in METHODS:
         raise BadInputError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
     src_b = B.open_bundle(model)
@@ -457,8 +522,9 @@ def quantize_bundle(model=None, out=None, *, calib_samples: int = 100, calib_dir
     if not F.calibrated:
         calib_desc["used"] = f"not needed by form {form} (only for sensitivity)"
     log(f"int8 {form} ({F.summary}): {src_b.path} -> {out}; calibration {len(feeds)} inputs from "
-        f"{calib_desc.get('path') or calib_desc['kind']} ({method}); budget {max_drop}, <= {max_fp32_nodes} fp32 "
-        f"nodes, {eval_samples} held-out scenes{', q/k/v fused' if fuse else ''}")
+        f"{calib_desc.get('path') or calib_desc['kind']} ({method}); {weight_bits}-bit weights; budget {max_drop}, "
+        f"<= {max_fp32_nodes} fp32 nodes, {eval_samples} held-out scenes checked in {' and '.join(arithmetics)} "
+        f"arithmetic{', q/k/v fused' if fuse else ''}")
 
     with tempfile.TemporaryDirectory(prefix="edge-slim-quantize-") as tmp:
         work = Path(tmp)
@@ -476,22 +542,29 @@ def quantize_bundle(model=None, out=None, *, calib_samples: int = 100, calib_dir
         cand = work / "int8.onnx"
         sens: dict[str, float] = {}
 
+        tried: dict[tuple, dict[str, dict]] = {}  # fp32-kept nodes -> scores per arithmetic
+
         def try_excluding(excl):
-            build(src, cand, F, feeds, method, exclude=excl, cache_dir=work)
-            return task_scores(cand, m, eval_samples, threads)
+            build(src, cand, F, feeds, method, exclude=excl, cache_dir=work, weight_bits=weight_bits)
+            tried[tuple(excl)] = {a: task_scores(cand, m, eval_samples, threads, arithmetic=a) for a in arithmetics}
+            return worst_scores(tried[tuple(excl)])
 
         def rank():
             log(f"measuring per-node sensitivity on {min(len(feeds), SENSITIVITY_FEEDS)} calibration inputs")
             step = max(1, len(feeds) // SENSITIVITY_FEEDS)
-            sens.update(sensitivity(src, F, names, feeds, feeds[::step][:SENSITIVITY_FEEDS], method, work, log))
+            sens.update(sensitivity(src, F, names, feeds, feeds[::step][:SENSITIVITY_FEEDS], method, work, log,
+                                    weight_bits))
             return sorted(names, key=lambda n: -sens[n])
 
         k, order, int8_scores, trials = fit_budget(fp32_scores, try_excluding, rank, max_drop, max_fp32_nodes, log)
         kept = order[:k]
-        build(src, cand, F, feeds, method, exclude=kept, cache_dir=work)
+        build(src, cand, F, feeds, method, exclude=kept, cache_dir=work, weight_bits=weight_bits)
+        by_arith = tried[tuple(kept)]
         report = _report(form, method, calib_desc, fp32_scores, int8_scores, names, kept, sens, trials, max_drop,
                          model_bytes(src_b.model_path), model_bytes(cand), eval_samples, _modules(src),
                          strip_debug_info(onnx.load(str(src_b.model_path))).ByteSize())
+        report["integer"] = integer_form(F, weight_bits, arithmetics)
+        report["eval"]["by_arithmetic"] = {a: {k: r[k] for k in HEADLINE} for a, r in by_arith.items()}
         report["fused_linear_groups"] = fused
         report["quantized_from"] = {"name": m["name"], "model_sha256": m["files"][m["model_file"]]["sha256"]}
         report["seconds"] = round(time.time() - t0, 1)

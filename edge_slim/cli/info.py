@@ -40,4 +40,10 @@ def info(model, precision, as_json):
     q = m.get("quantization")
     if q:
         lines.append(f"quant:   {q.get('method')} {q.get('form', '')}; fp32 kept: {', '.join(q.get('kept_fp32') or []) or 'none'}")
+        i = q.get("integer")
+        if i:
+            lines.append(f"integer: {i['activations']} x {i['weights']} weights in {i['weight_range']}; "
+                         + ("exact on every CPU" if i["exact_on_every_cpu"] else
+                            "ONNX Runtime saturates some products on x86 without VNNI")
+                         + f" (checked in {', '.join(i['checked_arithmetic'])} arithmetic)")
     click.echo("\n".join(lines))

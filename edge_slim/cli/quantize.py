@@ -26,10 +26,16 @@ from .common import emit, json_option
               help="Held-out scenes for the fp32 vs quantized comparison.")
 @click.option("--fuse/--no-fuse", default=False, show_default=True,
               help="Merge linear layers that read the same tensor (q/k/v) into one MatMul first (no speed-up measured).")
+@click.option("--weight-bits", type=click.Choice(["7", "8"]), default="7", show_default=True,
+              help="Integer weights in [-64, 64] (exact on every CPU) or [-127, 127] (ONNX Runtime saturates some "
+                   "products on x86 without VNNI).")
+@click.option("--arithmetic", type=click.Choice(["auto", "exact", "ort-avx2", "both"]), default="auto",
+              show_default=True, help="Integer arithmetic(s) the accuracy budget is checked in; auto: every one the "
+                                      "bundle can meet that may answer differently (docs/quantize.md).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="ONNX Runtime threads while evaluating.")
 @json_option
 def quantize_cmd(model, out, calib_samples, calib_dir, method, form, precision, max_accuracy_drop, max_fp32_nodes,
-                 eval_samples, fuse, threads, as_json):
+                 eval_samples, fuse, weight_bits, arithmetic, threads, as_json):
     """Quantize MODEL (default: the shipped SlimPajama-Tiny) and check it on held-out scenes.
 
     Exits 5 and writes nothing when the accuracy budget cannot be met.
@@ -51,7 +57,8 @@ def quantize_cmd(model, out, calib_samples, calib_dir, method, form, precision, 
     else:
         r = Q.quantize_bundle(model, out, calib_samples=calib_samples, calib_dir=calib_dir, method=method,
                               form=form or Q.DEFAULT_FORM, max_drop=max_accuracy_drop, max_fp32_nodes=max_fp32_nodes,
-                              eval_samples=eval_samples, threads=threads, fuse=fuse, log=log)
+                              eval_samples=eval_samples, threads=threads, fuse=fuse, weight_bits=int(weight_bits),
+                              arithmetic=arithmetic, log=log)
     ev = r["eval"]
     text = [f"{r['bundle']}  ({r.get('form', precision)}, {r['size']['ratio']:.3f} x fp32 size, "
             f"drop {r['drop'] * 100:.2f} points, {len(r.get('kept_fp32') or [])} node(s) kept in fp32)",

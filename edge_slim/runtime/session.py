@@ -75,7 +75,9 @@ def choose_backend(bundle: Bundle, backend: str) -> str:
 class Session:
     """Run SlimPajama tasks on images: ask, match, locate, describe, embed_image, embed_text."""
 
-    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None):
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None,
+                 backend_options: dict | None = None):
+        """`backend_options` go to the backend's constructor (e.g. {"arithmetic": "ort-avx2"} for numpy)."""
         m = bundle.manifest
         if not m.get("tokenizer") or not m.get("answers"):
             raise ModelError(f"{bundle.path} is not a SlimPajama bundle (no tokenizer/answers); "
@@ -83,7 +85,7 @@ class Session:
         self.bundle = bundle
         self.manifest = m
         self.backend_name = choose_backend(bundle, backend)
-        self.backend = backend_class(self.backend_name)(bundle, threads=threads)
+        self.backend = backend_class(self.backend_name)(bundle, threads=threads, **(backend_options or {}))
         t = m["tokenizer"]
         self.tokenizer = Tokenizer(t["vocab"], t["max_len"], t.get("synonyms"))
         self.answers = list(m["answers"])

@@ -785,9 +785,9 @@ def _op_key(node: Node) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
 
 
-def _bind(node: Node, index: int, opset: int) -> _Step:
+def _bind(node: Node, index: int, opset: int, ops: dict | None = None) -> _Step:
     """Bind a node to its op function, checking its attributes against the function's signature."""
-    fn = OPS[node.op_type]
+    fn = (ops or OPS)[node.op_type]
     label = _node_label(node, index)
     attrs = dict(node.attrs)
     if node.op_type == "Pad" and "value" in attrs:
@@ -819,7 +819,14 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def __init__(self, bundle, threads: int | None = None):
+    def __init__(self, bundle, threads: int | None = None, arithmetic: str = "exact"):
+        """`arithmetic`: "exact" (the ONNX spec: exact int32 sums, as VNNI, ARM and TVM compute them) or
+        "ort-avx2" (ONNX Runtime's saturating uint8 x int8 pairs on x86 without VNNI; see int8_avx2.py)."""
+        from . import int8_avx2
+        if arithmetic not in int8_avx2.ARITHMETICS:
+            raise BadInputError(f"unknown arithmetic {arithmetic!r}; choose from {', '.join(int8_avx2.ARITHMETICS)}")
+        self.arithmetic = arithmetic
+        self._ops = {**OPS, **int8_avx2.OPS} if arithmetic == "ort-avx2" else OPS
         if bundle.manifest.get("format") != "onnx":
             raise ModelError(f"{getattr(bundle, 'path', bundle.model_path)} is a {bundle.manifest.get('format')} "
                              "artifact; the numpy backend runs ONNX bundles")
@@ -847,7 +854,7 @@ class NumpyBackend:
         known = set(consts) | {vi.name for vi in self.inputs}
         steps = []
         for i, node in enumerate(g.nodes):
-            step = _bind(node, i, opset)
+            step = _bind(node, i, opset, self._ops)
             missing = [n for n in node.inputs if n and n not in known]
             if missing:
                 raise ModelError(f"{self._where}: node {step.label} reads {', '.join(missing)}, which nothing "
