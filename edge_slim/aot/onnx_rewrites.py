@@ -211,7 +211,7 @@ def _static_shapes(m) -> dict[str, list[int]]:
 
 
 def _fold_once(m, stats) -> bool:
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
     consts = _constants(m)
     shapes = _static_shapes(m)
@@ -238,7 +238,7 @@ def _fold_once(m, stats) -> bool:
                     value = [np.array(int(np.prod(shp)), np.int64)]
                 else:
                     a = {x.name: x.i for x in n.attribute}
-                    value = [shp[a.get("start", 0): a.get("end", len(shp)) or None]]
+                    value = [shp[a.get("start", 0): a.get("end", len(shp))]]   # ONNX clamps as Python slices
             elif (n.op_type not in NO_FOLD and n.input and all(x == "" or x in consts for x in n.input)
                   and not any(a.g.node for a in n.attribute if a.HasField("g"))):
                 try:
@@ -247,6 +247,8 @@ def _fold_once(m, stats) -> bool:
                     value = None
         if value is not None and all(np.asarray(v).size <= FOLD_MAX_ELEMENTS for v in value):
             for name, v in zip(n.output, value):
+                if not name:            # an optional output nobody asked for
+                    continue
                 arr = np.asarray(v)
                 consts[name] = arr
                 m.graph.initializer.append(numpy_helper.from_array(arr, name))
@@ -256,7 +258,6 @@ def _fold_once(m, stats) -> bool:
         new_nodes.append(n)
     del m.graph.node[:]
     m.graph.node.extend(new_nodes)
-    del helper
     return changed
 
 
