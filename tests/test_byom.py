@@ -489,3 +489,22 @@ def test_quantized_own_model_bundle_compiles_and_matches_its_onnx(tmp_path):
         got = be.run({"x": x[i:i + 1]})
         for k in ref:   # activations are rounded to uint8 in both; a last-bit difference can move one step
             assert np.abs(got[k] - ref[k]).max() <= 0.05 * max(1.0, float(np.abs(ref[k]).max())), k
+
+
+def test_cli_quantize_onnx_writes_a_bundle_or_exits_5_with_one_line(tmp_path):
+    import json
+    src = tiny_convnet(tmp_path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32))
+    base = [sys.executable, "-m", "edge_slim", "quantize", str(src), "--calib", str(tmp_path / "calib.npz")]
+    p = subprocess.run([*base, "-o", str(tmp_path / "ok"), "--max-accuracy-drop", "1", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["metric"] == "cosine" and r["bundle"] == str(tmp_path / "ok") and B.open_bundle(tmp_path / "ok")
+    p = subprocess.run([*base, "-o", str(tmp_path / "no"), "--max-accuracy-drop", "0", "--max-fp32-nodes", "0"],
+                       capture_output=True, text=True, timeout=600)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("edge-slim: error:")]
+    assert p.returncode == 5 and len(errors) == 1 and "cosine drop" in errors[0] and "Traceback" not in p.stderr
+    assert not (tmp_path / "no").exists()
+    p = subprocess.run(base[:5], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and "--calib" in p.stderr

@@ -272,6 +272,7 @@ def quantize_onnx(model, out=None, *, calib, preprocess: dict | None = None, for
         scores = compare(ref, _run(cand, held, threads), names, classifier)
         fp32_bytes, int8_bytes = src_path.stat().st_size, cand.stat().st_size
         report = {"form": form, "summary": F.summary, "method": method if F.calibrated else "none (dynamic)",
+                  "weight_bits": Q.DEFAULT_WEIGHT_BITS,
                   "calibration": {"data": str(calib), "samples": len(calib_feeds), "held_out": n_held,
                                   "preprocess": preprocess},
                   "metric": metric, "max_accuracy_drop": max_drop, "drop": round(drop_of(scores, metric), 6),

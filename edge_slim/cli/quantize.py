@@ -12,7 +12,10 @@ from .common import emit, json_option
 @click.option("--calib-samples", type=click.IntRange(1, 100_000), default=100, show_default=True,
               help="Generated calibration scenes (seed 2; held-out evaluation uses seed 1).")
 @click.option("--calib", "calib_dir", type=click.Path(), default=None,
-              help="Calibrate on a folder of images + calib.jsonl instead (format: docs/quantize.md).")
+              help="Calibrate on a folder of images + calib.jsonl instead (format: docs/quantize.md); for MODEL.onnx: "
+                   "images (with --preprocess) or .npz/.npy input tensors (docs/compile.md).")
+@click.option("--preprocess", default=None, metavar="SPEC",
+              help="MODEL.onnx calibrated on images: how an image becomes the input, e.g. 'size=224x224 mean=0.5 std=0.5'.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True,
               help="How activation ranges are calibrated (static parts of the form).")
 @click.option("--form", default=None, help="int8 form (default: the fastest measured; see docs/quantize.md).")
@@ -35,7 +38,7 @@ from .common import emit, json_option
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="ONNX Runtime threads while evaluating.")
 @json_option
 def quantize_cmd(model, out, calib_samples, calib_dir, method, form, precision, max_accuracy_drop, max_fp32_nodes,
-                 eval_samples, fuse, weight_bits, arithmetic, threads, as_json):
+                 eval_samples, fuse, weight_bits, arithmetic, threads, preprocess, as_json):
     """Quantize MODEL (default: the shipped SlimPajama-Tiny) and check it on held-out scenes.
 
     Exits 5 and writes nothing when the accuracy budget cannot be met.
@@ -49,6 +52,16 @@ def quantize_cmd(model, out, calib_samples, calib_dir, method, form, precision, 
     if calib_dir is not None and src is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--calib-samples and --calib are alternatives; pass one")
     log = lambda m: click.echo(m, err=True)
+    if model is not None and str(model).endswith(".onnx"):   # an own model: edge_slim/aot/quantize_any.py
+        from ..aot import quantize_any as QA
+        from ..vision.spec import parse_spec
+        if calib_dir is None:
+            raise click.UsageError("MODEL.onnx needs --calib DATA (images with --preprocess, or .npz/.npy tensors)")
+        r = QA.quantize_onnx(model, out, calib=calib_dir, preprocess=parse_spec(preprocess) if preprocess else None,
+                             form=form or QA.DEFAULT_FORM, method=method, max_drop=max_accuracy_drop,
+                             max_fp32_nodes=max_fp32_nodes, threads=threads, log=log)
+        emit(r, as_json, QA.summary(r))
+        return
     # the libraries print the resolved settings once the inputs are known to be good (so that a bad
     # input gives exactly one line on stderr)
     if precision == "fp16":
