@@ -27,7 +27,10 @@ from onnx import numpy_helper as onh  # noqa: E402
 
 from edge_slim.aot.int8_arith import ort_u8s8_arithmetic  # noqa: E402
 
-OUTPUTS = ("answer_logits", "match_logit", "box", "box_score", "image_embed", "text_embed")
+HEADS = ("answer_logits", "match_logit", "box", "box_score", "image_embed", "text_embed")
+# the export also hands the describe decoder its memory (image tokens + boxes), an intermediate that quantized and
+# fp16 graphs are compared on only through the heads above
+OUTPUTS = (*HEADS, "describe_memory")
 
 
 @dataclass
@@ -66,7 +69,7 @@ def dev_backend(dev_model) -> NumpyBackend:
 
 
 def max_diffs(ref: dict, got: dict) -> dict[str, float]:
-    assert set(ref) == set(got)
+    assert set(ref) <= set(got)
     out = {}
     for k in ref:
         assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
@@ -75,10 +78,9 @@ def max_diffs(ref: dict, got: dict) -> dict[str, float]:
 
 
 def test_parser_matches_onnx(dev_model):
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time (a busy machine must not fail it); the bound only catches pathologies
     m = load_model(dev_model)
-    elapsed = time.perf_counter() - t
-    assert elapsed < 1.0
+    assert time.process_time() - t < 1.0
     ref = onnx.load(str(dev_model))
     assert m.opsets[""] == next(o.version for o in ref.opset_import if o.domain in ("", "ai.onnx"))
     assert m.ir_version == ref.ir_version
@@ -190,7 +192,7 @@ def assert_quantized_parity(path: Path, sess, seeds=range(4), arithmetic: str = 
     worst, tight = {}, 0
     for seed in seeds:
         feeds = model_inputs(seed)
-        ref = dict(zip(OUTPUTS, sess.run(list(OUTPUTS), feeds)))
+        ref = dict(zip(HEADS, sess.run(list(HEADS), feeds)))
         diffs = max_diffs(ref, be.run(feeds))
         for k, d in diffs.items():
             assert d <= 2e-2 * max(1.0, float(np.abs(ref[k]).max())), (k, diffs)
@@ -219,7 +221,7 @@ def test_dynamic_int8_model_parity(dev_model, tmp_path, weight_bits):
     worst = assert_quantized_parity(q, sess, arithmetic=arithmetic, min_tight=1)
     exact = NumpyBackend(FakeBundle(q))
     emulated = NumpyBackend(FakeBundle(q), arithmetic=arithmetic)
-    gap = lambda be: sum(max(max_diffs(dict(zip(OUTPUTS, sess.run(list(OUTPUTS), model_inputs(s)))),
+    gap = lambda be: sum(max(max_diffs(dict(zip(HEADS, sess.run(list(HEADS), model_inputs(s)))),
                                        be.run(model_inputs(s))).values()) for s in range(4))
     assert gap(emulated) < 0.5 * gap(exact), worst
 
@@ -244,7 +246,7 @@ def test_static_qdq_model_parity(dev_model, tmp_path):
     be = NumpyBackend(FakeBundle(q))
     fused = ort_session(q, optimize=True)
     feeds = model_inputs(7)
-    ref = dict(zip(OUTPUTS, fused.run(list(OUTPUTS), feeds)))
+    ref = dict(zip(HEADS, fused.run(list(HEADS), feeds)))
     for k, d in max_diffs(ref, be.run(feeds)).items():
         assert d <= 5e-2 * max(1.0, float(np.abs(ref[k]).max())), k
 
@@ -262,7 +264,7 @@ def test_fp16_model_parity(dev_model, tmp_path):
     be, sess = NumpyBackend(FakeBundle(path)), ort_session(path, optimize=True)
     for seed in range(2):
         feeds = model_inputs(seed)
-        ref = dict(zip(OUTPUTS, sess.run(list(OUTPUTS), feeds)))
+        ref = dict(zip(HEADS, sess.run(list(HEADS), feeds)))
         diffs = max_diffs(ref, be.run(feeds))
         assert max(diffs.values()) < 2e-3, diffs
 
