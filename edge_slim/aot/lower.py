@@ -138,9 +138,8 @@ def _fold_shapes(m, job: Job):
     semantics-preserving optimizer fold them into constants. It also folds BatchNormalization into
     the Conv before it: Relax's FoldConstant otherwise builds a kernel for each BN's constant part
     (the OCR classifier's graph phase took 48 s with its 35 BNs, 11 s folded; 71 kernels -> 55)."""
-    import onnx
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401 - the folding below needs it; without it the graph is imported as it is
     except ImportError:
         return m
     for i in m.graph.input:
@@ -149,18 +148,11 @@ def _fold_shapes(m, job: Job):
             for d, v in zip(i.type.tensor_type.shape.dim, spec["shape"]):
                 d.ClearField("dim_param")
                 d.dim_value = v
-    with tempfile.TemporaryDirectory() as td:
-        src, dst = Path(td) / "in.onnx", Path(td) / "folded.onnx"
-        onnx.save(m, str(src))
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(dst)
-        so.log_severity_level = 3
-        try:
-            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-            folded = onnx.load(str(dst))
-        except Exception:  # ORT cannot load it: import the graph as it is
-            return m
+    from .onnx_rewrites import ort_basic_optimize
+    try:
+        folded = ort_basic_optimize(m)
+    except Exception:  # ORT cannot load it: import the graph as it is
+        return m
     job.flags["shape_folding"] = "onnxruntime basic"
     return folded
 

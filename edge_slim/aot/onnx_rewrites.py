@@ -18,6 +18,9 @@ No TVM here (check_operators asks the importer's convert map, imported on call);
 """
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from typing import Callable
 
 import numpy as np
@@ -447,3 +450,19 @@ def check_operators(m) -> None:
             hint = (" An If on an input (a sample rate, a flag) folds away with --bind NAME=VALUE"
                     + (f"; its branches also use {', '.join(sorted(inside))}." if inside else "."))
         raise ModelError(f"the graph uses operators TVM's ONNX importer does not support: {listed}.{hint} See {DOCS}")
+
+
+def ort_basic_optimize(m):
+    """The graph after ONNX Runtime's basic, semantics-preserving optimizer (constant folding, BatchNormalization
+    folded into its Conv, shape computations of static inputs folded); raises what ORT raises if it cannot load it."""
+    import onnx
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as td:
+        src, dst = Path(td) / "in.onnx", Path(td) / "opt.onnx"
+        onnx.save(m, str(src))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(dst)
+        so.log_severity_level = 3
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        return onnx.load(str(dst))

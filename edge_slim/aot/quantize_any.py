@@ -170,22 +170,12 @@ def _normalize(m):
     Paddle exports them), folded where they are computed from constants; BatchNormalization folded into
     its Conv (ONNX Runtime's basic, semantics-preserving optimizer: one int8 weight instead of an int8 weight
     and four fp32 vectors); and every node named (the fp32 fallbacks are given by node name)."""
-    import onnx
-    import onnxruntime as ort
-    from .onnx_rewrites import fold
+    from .onnx_rewrites import fold, ort_basic_optimize
     fold(m)
-    with tempfile.TemporaryDirectory() as td:
-        a, b = Path(td) / "in.onnx", Path(td) / "opt.onnx"
-        onnx.save(m, str(a))
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(b)
-        so.log_severity_level = 3
-        try:
-            ort.InferenceSession(str(a), so, providers=["CPUExecutionProvider"])
-            m = onnx.load(str(b))
-        except Exception as e:  # noqa: BLE001 - ORT raises its own types
-            raise ModelError(f"ONNX Runtime cannot load the model: {str(e).strip().splitlines()[0]}") from None
+    try:
+        m = ort_basic_optimize(m)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own types
+        raise ModelError(f"ONNX Runtime cannot load the model: {str(e).strip().splitlines()[0]}") from None
     seen: set[str] = set()
     for k, n in enumerate(m.graph.node):
         if not n.name or n.name in seen:

@@ -100,10 +100,8 @@ def matmul_integer(a, b, a_zp=None, b_zp=None):
 
 
 def qlinear_matmul(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp=None):
-    from .numpy_backend import _out_dtype, _requantize
-    acc = matmul_integer(a, b, a_zp, b_zp)
-    mult = (a_scale.astype(np.float32) * b_scale.astype(np.float32)) / y_scale.astype(np.float32)
-    return _requantize(acc, mult, y_zp, _out_dtype(y_zp, a))
+    from .numpy_backend import _requantize_product
+    return _requantize_product(matmul_integer(a, b, a_zp, b_zp), a_scale, b_scale, y_scale, y_zp, a)
 
 
 def qlinear_conv(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp=None, b=None, *, auto_pad="NOTSET",

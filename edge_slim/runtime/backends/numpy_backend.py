@@ -633,7 +633,11 @@ def _out_dtype(zp, fallback: np.ndarray) -> np.dtype:
 
 
 def _qlinear_matmul(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp=None):
-    acc = _matmul_integer(a, b, a_zp, b_zp)
+    return _requantize_product(_matmul_integer(a, b, a_zp, b_zp), a_scale, b_scale, y_scale, y_zp, a)
+
+
+def _requantize_product(acc, a_scale, b_scale, y_scale, y_zp, a):
+    """QLinearMatMul's output from its int32 accumulator (also used by int8_avx2's emulated accumulator)."""
     mult = (a_scale.astype(np.float32) * b_scale.astype(np.float32)) / y_scale.astype(np.float32)
     return _requantize(acc, mult, y_zp, _out_dtype(y_zp, a))
 
