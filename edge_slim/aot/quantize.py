@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 from ..errors import BadInputError, EdgeSlimError, ModelError
 from ..runtime import bundle as B
 from .calibration import CALIB_SEED, FeedReader, folder_feeds, scene_feeds
+from .int8_arith import check_arithmetics, integer_form, may_saturate  # noqa: F401 (may_saturate: API)
 
 HEADLINE = ("vqa_accuracy", "match_r1", "locate_iou50")  # the metrics the budget applies to
 SENSITIVITY_FEEDS = 96
@@ -99,41 +100,6 @@ METHODS = ("minmax", "entropy", "percentile")
 # and the bundle answers differently there than everywhere else (docs/quantize.md, aot/int8_arith.py).
 WEIGHT_BITS = (7, 8)
 DEFAULT_WEIGHT_BITS = 7
-ARITHMETIC_CHOICES = ("auto", "exact", "ort-avx2", "both")
-
-
-def may_saturate(form: Form, weight_bits: int) -> bool:
-    """Whether the form runs uint8 x int8 products that ORT's AVX2 kernels can saturate (8-bit weights only).
-    int8 x int8 (static -s8), ConvInteger and fp32-compute (weight-only) steps were measured exact there."""
-    return weight_bits == 8 and any(s.kind == "dynamic" and set(s.ops) - {"Conv"} or
-                                    s.kind == "static" and s.activation == "u8" for s in form.steps)
-
-
-def integer_form(form: Form, weight_bits: int, checked: list[str]) -> dict:
-    """The manifest's record of the integer arithmetic the bundle asks of its runtime."""
-    sat = may_saturate(form, weight_bits)
-    lim = 64 if weight_bits == 7 else 127
-    return {"activations": "uint8" if any(s.kind == "dynamic" or s.activation == "u8" for s in form.steps
-                                          if s.kind != "weights") else "int8",
-            "weights": "int8", "weight_bits": weight_bits, "weight_range": [-lim, lim],
-            "exact_on_every_cpu": not sat,
-            "why": ("a pair of uint8 x int8 products can reach 2 x 255 x 127 = 64,770 > 32,767: ONNX Runtime's AVX2 "
-                    "kernels (x86 without VNNI) saturate it in int16; VNNI, ARM, TVM and NumPy sum exactly"
-                    if sat else f"|products pair| <= 2 x 255 x {lim} = {2 * 255 * lim} <= 32,767: no int16 pair "
-                    "sum can saturate, so every runtime and CPU computes the same exact int32 sums"),
-            "checked_arithmetic": checked}
-
-
-def check_arithmetics(form: Form, weight_bits: int, arithmetic: str = "auto") -> list[str]:
-    """Which integer arithmetics the accuracy budget is checked with: "auto" = every one that can give a
-    different answer for this form (only "exact" when no product pair can saturate)."""
-    if arithmetic not in ARITHMETIC_CHOICES:
-        raise BadInputError(f"unknown arithmetic {arithmetic!r}; choose from {', '.join(ARITHMETIC_CHOICES)}")
-    if arithmetic == "auto":
-        return ["exact", "ort-avx2"] if may_saturate(form, weight_bits) else ["exact"]
-    return ["exact", "ort-avx2"] if arithmetic == "both" else [arithmetic]
-
-
 def _weight_slot(node, inits) -> tuple[int, int] | None:
     """(input index, channel axis) of the node's constant weight, or None if it has none."""
     slot = {"Conv": (1, 0), "MatMul": (1, 1), "Gather": (0, 0)}.get(node.op_type)
