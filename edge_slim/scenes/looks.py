@@ -29,13 +29,7 @@ def _rng(scene: dict, stream: int) -> np.random.Generator:
 
 def place(scene: dict) -> dict:
     """The scene with this look's image size, per-object style and boxes (deterministic)."""
-    rng = _rng(scene, 0)
-    out = {**scene, "objects": [dict(o) for o in scene["objects"]], "canvas": P.canvas_size(rng)}
-    for o in out["objects"]:
-        o["torus_b"] = round(float(rng.uniform(0.75, 1.0)), 3) if o["shape"] == "torus" else 1.0
-        hw, hh = HALF_EXTENTS[o["shape"]]
-        o["box"] = P.canvas_box(o, hw, hh * o["torus_b"], out["canvas"])
-    return out
+    return P.place_objects(scene, _rng(scene, 0), HALF_EXTENTS, torus_b=(0.75, 1.0))
 
 
 # ---- background ----------------------------------------------------------------------------

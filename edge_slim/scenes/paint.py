@@ -56,6 +56,17 @@ def scales(wh) -> tuple[float, float, float]:
     return sx, sy, float(np.sqrt(sx * sy))
 
 
+def place_objects(scene: dict, rng: np.random.Generator, half_extents: dict, torus_b: tuple[float, float]) -> dict:
+    """A copy of the scene with an image size, each torus's ring thickness and every object's box in canvas
+    pixels (half-extents times r per shape, a torus's height times its thickness): the 2-D looks' placement."""
+    out = {**scene, "objects": [dict(o) for o in scene["objects"]], "canvas": canvas_size(rng)}
+    for o in out["objects"]:
+        o["torus_b"] = round(float(rng.uniform(*torus_b)), 3) if o["shape"] == "torus" else 1.0
+        hw, hh = half_extents[o["shape"]]
+        o["box"] = canvas_box(o, hw, hh * o["torus_b"], out["canvas"])
+    return out
+
+
 def canvas_box(o: dict, hw: float, hh: float, wh, dy: float = 0.0) -> list[float]:
     """The canvas box of an object drawn round in the image with normalized half-extents
     hw, hh (times its r) and a vertical offset dy (times r) of its box centre."""

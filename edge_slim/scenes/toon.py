@@ -24,7 +24,7 @@ MARKER_HSV = {
     "gray": ((0, 360), (0.03, 0.09), (0.55, 0.72)),
 }
 HALF_EXTENTS = {"cube": (1.0, 1.0), "sphere": (1.0, 1.0), "cylinder": (0.85, 1.0), "cone": (1.0, 1.0),
-                "torus": (1.0, None)}
+                "torus": (1.0, 1.0)}  # a torus's height is further scaled by its ring thickness
 
 
 def _rng(scene: dict, stream: int) -> np.random.Generator:
@@ -32,13 +32,7 @@ def _rng(scene: dict, stream: int) -> np.random.Generator:
 
 
 def place(scene: dict) -> dict:
-    rng = _rng(scene, 0)
-    out = {**scene, "objects": [dict(o) for o in scene["objects"]], "canvas": P.canvas_size(rng)}
-    for o in out["objects"]:
-        o["torus_b"] = round(float(rng.uniform(0.55, 0.75)), 3) if o["shape"] == "torus" else 1.0
-        hw, hh = HALF_EXTENTS[o["shape"]]
-        o["box"] = P.canvas_box(o, hw, o["torus_b"] if hh is None else hh, out["canvas"])
-    return out
+    return P.place_objects(scene, _rng(scene, 0), HALF_EXTENTS, torus_b=(0.55, 0.75))
 
 
 def paper(rng, wh) -> np.ndarray:
