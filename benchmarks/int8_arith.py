@@ -23,15 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_slim.runtime import bundle as B  # noqa: E402
 from edge_slim.runtime.session import Session  # noqa: E402
-from edge_slim.scenes import generate as G  # noqa: E402
-from edge_slim.scenes.evaluate import DEFAULT_EVAL_SEED, box_iou  # noqa: E402
-from edge_slim.scenes.render import MODEL_RES, render  # noqa: E402
+from edge_slim.scenes.evaluate import DEFAULT_EVAL_SEED, scene_answers, summarize  # noqa: E402
 
 
 def record(args) -> None:
@@ -46,16 +43,7 @@ def record(args) -> None:
             "ort_u8s8": ort_u8s8_arithmetic() if s.backend_name == "ort" else None,
             "qemu_cpu": os.environ.get("QEMU_CPU")}
     for i in range(args.start, args.stop):
-        smp = G.sample(args.seed, i)
-        img = render(smp["scene"], MODEL_RES)
-        qs = smp["questions"]
-        ans = [a.answer for a in s.ask(img, [q["text"] for q in qs])]
-        row = {"i": i, "answers": ans, "truth": [q["answer"] for q in qs], "families": [q["family"] for q in qs],
-               "match": s.match(img, smp["captions"]).best, "match_truth": smp["caption_true"]}
-        if smp["refer"] is not None:
-            box = s.locate(img, smp["refer"]["text"]).box
-            row.update(box=box, iou=round(box_iou(box, smp["refer"]["box"]), 4))
-        rows.append(row)
+        rows.append(scene_answers(s, args.seed, i))
         if args.progress and (i + 1 - args.start) % args.progress == 0:
             print(f"{i + 1 - args.start}/{args.stop - args.start} scenes, {time.time() - t0:.0f} s", file=sys.stderr)
             _write(args.out, {**meta, "seconds": round(time.time() - t0, 1), "scenes": rows})  # a slow run's partial
@@ -66,19 +54,6 @@ def _write(path: str, doc: dict) -> None:
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(doc))
     tmp.replace(path)
-
-
-def scores(rows: list[dict]) -> dict:
-    fam: dict[str, list[int]] = {}
-    for r in rows:
-        for f, a, t in zip(r["families"], r["answers"], r["truth"]):
-            fam.setdefault(f, []).append(int(a == t))
-    allq = [v for vs in fam.values() for v in vs]
-    ious = [r["iou"] for r in rows if "iou" in r]
-    return {"vqa_accuracy": round(float(np.mean(allq)), 4),
-            "per_family": {k: round(float(np.mean(v)), 4) for k, v in sorted(fam.items())},
-            "match_r1": round(float(np.mean([r["match"] == r["match_truth"] for r in rows])), 4),
-            "locate_iou50": round(float(np.mean(np.array(ious) >= 0.5)), 4), "scenes": len(rows)}
 
 
 def load_rows(paths: list[str]) -> tuple[dict, list[dict]]:
@@ -99,7 +74,7 @@ def compare(args) -> None:
     b_max = max((max(abs(x - y) for x, y in zip(a, b)) for a, b in boxes), default=0.0)
     res = {"a": ha, "b": hb, "scenes": len(common), "questions": sum(len(ia[i]["answers"]) for i in common),
            "answers_differ": q_diff, "match_differ": m_diff, "boxes_differ": b_diff, "box_max_abs_px": round(b_max, 3),
-           "scores_a": scores([ia[i] for i in common]), "scores_b": scores([ib[i] for i in common])}
+           "scores_a": summarize([ia[i] for i in common]), "scores_b": summarize([ib[i] for i in common])}
     print(json.dumps(res, indent=1))
 
 

@@ -36,30 +36,46 @@ def model_image(renderer: str, scene: dict):
     return img if img.size == (MODEL_RES, MODEL_RES) else load_image(img).resize((MODEL_RES, MODEL_RES), resample=2)
 
 
+def scene_answers(session, seed: int, index: int, renderer: str = R.DEFAULT_RENDERER) -> dict:
+    """What `session` answers on scene `index` of stream `seed`, beside the truth: one question per family,
+    the best of the captions, the located box (when the scene has a referring expression)."""
+    s = R.sample(renderer, seed, index)
+    img = model_image(renderer, s["scene"])
+    qs = s["questions"]
+    row = {"i": index, "families": [q["family"] for q in qs], "truth": [q["answer"] for q in qs],
+           "answers": [a.answer for a in session.ask(img, [q["text"] for q in qs])],
+           "match": session.match(img, s["captions"]).best, "match_truth": s["caption_true"]}
+    if s["refer"] is not None:
+        row["box"] = session.locate(img, s["refer"]["text"]).box
+        row["iou"] = box_iou(row["box"], s["refer"]["box"])
+    return row
+
+
+def summarize(rows: list[dict]) -> dict:
+    """VQA accuracy (overall and per family), match R@1, locate IoU>=0.5 and type errors of scene_answers rows."""
+    fam_ok: dict[str, list[int]] = {}
+    type_errors = 0
+    for r in rows:
+        for f, a, t in zip(r["families"], r["answers"], r["truth"]):
+            fam_ok.setdefault(f, []).append(int(a == t))
+            type_errors += not answer_type_ok(f, a)
+    allq = [v for vs in fam_ok.values() for v in vs]
+    iou = [r["iou"] for r in rows if "iou" in r]
+    return {"vqa_accuracy": round(float(np.mean(allq)), 4),
+            "per_family": {k: round(float(np.mean(fam_ok[k])), 4) for k in sorted(fam_ok)},
+            "match_r1": round(float(np.mean([r["match"] == r["match_truth"] for r in rows])), 4),
+            "locate_iou50": round(float(np.mean(np.array(iou) >= 0.5)), 4),
+            "type_errors": int(type_errors)}
+
+
 def evaluate(session, samples: int = 500, seed: int = DEFAULT_EVAL_SEED,
              progress: Callable[[int], None] | None = None, renderer: str = R.DEFAULT_RENDERER) -> dict:
     """Evaluate a Session on `samples` fresh scenes of stream `seed`, drawn by `renderer`
     (scenes/renderers.py; the same scenes' layouts and questions for any renderer of one layout)."""
     R.get(renderer)
-    fam_ok: dict[str, list[int]] = {}
-    r1, iou = [], []
-    type_errors = 0
+    rows = []
     for i in range(samples):
-        s = R.sample(renderer, seed, i)
-        img = model_image(renderer, s["scene"])
-        qs = s["questions"]
-        for q, a in zip(qs, session.ask(img, [q["text"] for q in qs])):
-            fam_ok.setdefault(q["family"], []).append(int(a.answer == q["answer"]))
-            type_errors += not answer_type_ok(q["family"], a.answer)
-        r1.append(int(session.match(img, s["captions"]).best == s["caption_true"]))
-        if s["refer"] is not None:
-            iou.append(box_iou(session.locate(img, s["refer"]["text"]).box, s["refer"]["box"]))
+        rows.append(scene_answers(session, seed, i, renderer))
         if progress:
             progress(1)
-    allq = [v for vs in fam_ok.values() for v in vs]
-    return {"vqa_accuracy": round(float(np.mean(allq)), 4),
-            "per_family": {k: round(float(np.mean(fam_ok[k])), 4) for k in sorted(fam_ok)},
-            "match_r1": round(float(np.mean(r1)), 4),
-            "locate_iou50": round(float(np.mean(np.array(iou) >= 0.5)), 4),
-            "type_errors": int(type_errors),
-            "samples": samples, "seed": seed, "renderer": renderer}
+    return {**summarize(rows), "samples": samples, "seed": seed, "renderer": renderer}
