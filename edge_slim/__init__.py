@@ -13,14 +13,17 @@ __version__ = "0.1.0"
 PRECISIONS = {"fp32": "slimpajama-tiny", "int8": "slimpajama-tiny-int8"}
 
 
-def load(path=None, backend: str = "auto", threads: int | None = None, precision: str | None = None):
+def load(path=None, backend: str = "auto", threads: int | None = None, precision: str | None = None,
+         backend_options: dict | None = None):
     """Open a model bundle (default: the shipped SlimPajama-Tiny) and return a Session.
 
-    `precision` picks a shipped variant ("fp32" or "int8") when `path` is not given.
+    `precision` picks a shipped variant ("fp32" or "int8") when `path` is not given; `backend_options` go to
+    the backend (e.g. {"tracker": "HOST:PORT", "key": "rpi5"} for rpc, {"arithmetic": "ort-avx2"} for numpy).
     """
     from .runtime.bundle import open_bundle
     from .runtime.session import Session
-    return Session(open_bundle(shipped(precision) if path is None else path), backend=backend, threads=threads)
+    return Session(open_bundle(shipped(precision) if path is None else path), backend=backend, threads=threads,
+                   backend_options=backend_options)
 
 
 def shipped(precision: str | None = None):

@@ -40,21 +40,20 @@ def _table(results: dict, backend: str) -> str:
 @json_option
 def eval_cmd(model, precision, backend, samples, seed, renderer, threads, rpc, key, as_json):
     """VQA accuracy (overall and per question family), matching R@1 and locate IoU>=0.5."""
-    import os
-
     import edge_slim
     if (rpc is None) != (key is None):
         raise click.BadParameter("--rpc and --key go together", param_hint="--rpc/--key")
+    options = None
     if rpc:
-        from ..runtime.backends.rpc_backend import ENV_KEY, ENV_TRACKER, parse_tracker
+        from ..runtime.backends.rpc_backend import parse_tracker
         parse_tracker(rpc)
-        os.environ[ENV_TRACKER], os.environ[ENV_KEY], backend = rpc, key, "rpc"
+        backend, options = "rpc", {"tracker": rpc, "key": key}
 
     from ..scenes.evaluate import DEFAULT_EVAL_SEED, evaluate
     from ..scenes.renderers import parse_names
     from .progress import Progress
     names = parse_names(renderer)  # a bad name fails before the model loads
-    s = edge_slim.load(model, backend=backend, threads=threads, precision=precision)
+    s = edge_slim.load(model, backend=backend, threads=threads, precision=precision, backend_options=options)
     seed = DEFAULT_EVAL_SEED if seed is None else seed
     results = {}
     with Progress(samples * len(names), "eval", enabled=True) as bar:

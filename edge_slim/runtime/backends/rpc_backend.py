@@ -4,8 +4,9 @@ The host uploads model.so to a board the tracker hands out for a key (`rpi5`, `j
 there in the Relax VM, and each `run` sends the inputs, runs `main` on the board and fetches the outputs.
 `board_timing` times `main` with the board's own clock (TVM's time_evaluator), so network round trips are
 not in it. The host needs the `tvm` package (edge-slim[tvm]); the board only the light runtime and
-`python -m edge_slim.runtime.rpc_server`. Where to connect: $EDGE_SLIM_RPC (HOST:PORT of the tracker) and
-$EDGE_SLIM_RPC_KEY, which `edge-slim eval/bench --rpc HOST:PORT --key KEY` set.
+`python -m edge_slim.runtime.rpc_server`. Where to connect: the backend options `tracker` (HOST:PORT of the
+tracker) and `key`, which `edge-slim eval/bench --rpc HOST:PORT --key KEY` pass, else $EDGE_SLIM_RPC and
+$EDGE_SLIM_RPC_KEY.
 """
 from __future__ import annotations
 
@@ -104,8 +105,7 @@ def board_bench(models: list, tracker: str, key: str, samples: int = 2, number: 
     from ...scenes.render import MODEL_RES, render
     rows = []
     for m in models:
-        os.environ[ENV_TRACKER], os.environ[ENV_KEY] = tracker, key  # what RpcBackend connects to
-        s = edge_slim.load(m, backend="rpc")
+        s = edge_slim.load(m, backend="rpc", backend_options={"tracker": tracker, "key": key})
         try:
             sc = G.sample(seed, 0)
             x, _ = s.prepare_image(render(sc["scene"], MODEL_RES))
