@@ -59,15 +59,8 @@ class RpcBackend:
         self._lock = threading.Lock()  # one remote VM: calls are serialized
 
     def _tensors(self, feeds: dict[str, np.ndarray]) -> list:
-        arrs = []
-        for spec in self.inputs:
-            if spec["name"] not in feeds:
-                raise BadInputError(f"missing input {spec['name']!r}")
-            a = np.ascontiguousarray(feeds[spec["name"]], dtype=spec["dtype"])
-            if list(a.shape) != list(spec["shape"]):
-                raise BadInputError(f"input {spec['name']!r} has shape {list(a.shape)}; the model takes {spec['shape']}")
-            arrs.append(self._tvm.runtime.tensor(a, self.dev))
-        return arrs
+        from .tvm_backend import check_feeds
+        return [self._tvm.runtime.tensor(a, self.dev) for a in check_feeds(self.inputs, feeds)]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:

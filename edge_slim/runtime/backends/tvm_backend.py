@@ -219,23 +219,9 @@ class TvmBackend:
         """Stop counting as a live session (edge_slim.runtime.threads); the VM is freed with the backend."""
         self._lease.close()
 
-    def _check(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        arrs, sizes = [], {}
-        for spec in self.inputs:
-            if spec["name"] not in feeds:
-                raise BadInputError(f"missing input {spec['name']!r} (the model takes "
-                                    f"{', '.join(i['name'] for i in self.inputs)})")
-            a = np.ascontiguousarray(feeds[spec["name"]], dtype=spec["dtype"])
-            if spec.get("dynamic"):
-                _check_dynamic(spec, a.shape, sizes)
-            elif list(a.shape) != list(spec["shape"]):
-                raise BadInputError(f"input {spec['name']!r} has shape {list(a.shape)}; the compiled model "
-                                    f"takes {spec['shape']}")
-            arrs.append(a)
-        return arrs
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrs = self._check(feeds)
+        arrs = check_feeds(self.inputs, feeds)
         with self._lock:
             set_threads(self.threads)
             ins = [t if t is not None else self._alloc(a.shape, str(a.dtype), self.device, "global")
@@ -252,6 +238,24 @@ class TvmBackend:
         out = np.empty(tuple(t.shape), dtype=str(t.dtype))
         self._copy_out(t, ctypes.c_void_p(out.ctypes.data), out.nbytes)
         return out
+
+
+def check_feeds(inputs: list[dict], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The feeds of a compiled model's manifest `inputs`, in order, as contiguous arrays of its dtypes; a missing
+    input or a wrong shape (a symbolic dimension out of its bounds) is a BadInputError."""
+    arrs, sizes = [], {}
+    for spec in inputs:
+        if spec["name"] not in feeds:
+            raise BadInputError(f"missing input {spec['name']!r} (the model takes "
+                                f"{', '.join(i['name'] for i in inputs)})")
+        a = np.ascontiguousarray(feeds[spec["name"]], dtype=spec["dtype"])
+        if spec.get("dynamic"):
+            _check_dynamic(spec, a.shape, sizes)
+        elif list(a.shape) != list(spec["shape"]):
+            raise BadInputError(f"input {spec['name']!r} has shape {list(a.shape)}; the compiled model "
+                                f"takes {spec['shape']}")
+        arrs.append(a)
+    return arrs
 
 
 def _check_dynamic(spec: dict, shape: tuple, sizes: dict) -> None:
