@@ -5,22 +5,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..scenes import generate as G
+from ..scenes import renderers as R
 from ..scenes.grammar import ANSWERS
-from ..scenes.render import render
 from ..vision.preprocess import to_model_input
-from ..scenes.evaluate import box_iou
+from ..scenes.evaluate import box_iou, model_image
 from .data import make_tokenizer
 
 
 @torch.no_grad()
-def evaluate_torch(model, samples: int = 300, seed: int = 1) -> dict:
+def evaluate_torch(model, samples: int = 300, seed: int = 1, renderer: str = R.DEFAULT_RENDERER) -> dict:
     tok = make_tokenizer(model.cfg.max_tokens)
     fam_ok: dict[str, list[int]] = {}
     r1, iou = [], []
     for i in range(samples):
-        s = G.sample(seed, i)
-        img = torch.from_numpy(to_model_input(render(s["scene"])))[None]
+        s = R.sample(renderer, seed, i)
+        img = torch.from_numpy(to_model_input(model_image(renderer, s["scene"])))[None]
         texts = ([tok.encode(q["text"], "ask") for q in s["questions"]]
                  + [tok.encode(c, "match") for c in s["captions"]] + [tok.encode(s["refer"]["text"], "locate")])
         t = torch.from_numpy(np.stack(texts))

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..scenes import caption as CAP
+from ..scenes import renderers as R
 from ..scenes.grammar import ANSWERS, COLORS, SHAPES, SIZES, vocabulary
 from ..vision.preprocess import MEAN, STD
 from . import data as D
@@ -214,7 +215,7 @@ def train(a: TrainArgs, log=print) -> Path:
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.98))
-    ckpt, step, elapsed = out / "last.pt", 0, 0.0
+    ckpt, step, elapsed, bn_from_bundle = out / "last.pt", 0, 0.0, False
     if ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
         if st.get("config", {}).get("describe_layers", 0) != cfg.describe_layers:
@@ -226,6 +227,14 @@ def train(a: TrainArgs, log=print) -> Path:
         opt.load_state_dict(st["opt"])
         step, elapsed = st["step"], st.get("elapsed_s", 0.0)
         log(f"resumed from {ckpt} at step {step}")
+    elif a.init_from and Path(a.init_from).is_dir():  # an exported fp32 bundle (aot/from_bundle.py)
+        from .from_bundle import model_from_bundle
+        src = model_from_bundle(a.init_from, describe_layers=cfg.describe_layers)
+        if src.cfg != cfg:
+            raise ValueError(f"{a.init_from} has config {src.cfg.to_dict()}, this run wants {cfg.to_dict()}")
+        model.load_state_dict(src.state_dict())
+        bn_from_bundle = True
+        log(f"warm start from bundle {a.init_from}; new parameters: {src.new_parameters}")
     elif a.init_from:
         st = torch.load(a.init_from, weights_only=False)
         own = model.state_dict()
@@ -238,6 +247,9 @@ def train(a: TrainArgs, log=print) -> Path:
     if model.decoder is not None and (cache.cap_tok is None or cache.cap_tok.shape[1] != cfg.caption_len):
         raise ValueError(f"the scene cache in {a.cache_dir} has no caption targets of length {cfg.caption_len} "
                          "(built by an older edge-slim); delete it to re-render, or pass another --cache-dir")
+    if bn_from_bundle:  # folded BatchNorms: give them the statistics of training images
+        from .from_bundle import calibrate_batchnorm
+        calibrate_batchnorm(model, to_tensor_images(cache.images[np.random.default_rng(a.seed).integers(len(cache), size=256)]))
     qt = question_targets(cache)
     ct_t, cf_t = text_targets(cache.c_true, cache.cells), text_targets(cache.c_false, cache.cells)
     rng = np.random.default_rng([a.seed, step])
@@ -274,7 +286,9 @@ def train(a: TrainArgs, log=print) -> Path:
         if a.eval_every and (step % a.eval_every == 0 or done):
             from .torch_eval import evaluate_torch
             model.eval()
-            r = evaluate_torch(model, samples=a.eval_samples, seed=a.seed + 1)
+            names = sorted(R.parse_mix(a.renderers)) + ([] if a.renderers == "flat" else ["unseen"])
+            r = {n: evaluate_torch(model, samples=a.eval_samples, seed=a.seed + 1, renderer=n) for n in names}
+            r = r["flat"] if names == ["flat"] else r
             model.train()
             log(f"step {step}: " + json.dumps(r))
             with open(out / "eval.jsonl", "a") as f:

@@ -26,7 +26,7 @@ def _need_torch():
 @click.option("--cache-dir", default=None, help="Where rendered scenes are cached (default ~/.cache/edge-slim).")
 @click.option("--eval-every", type=click.IntRange(0), default=2000, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=0, help="Torch threads (0 = torch's default).")
-@click.option("--init-from", default="", help="Warm-start from a checkpoint (new parameters keep their init).")
+@click.option("--init-from", default="", help="Warm-start from a checkpoint (last.pt) or an exported fp32 bundle directory (new parameters keep their init).")
 @click.option("--warmup", type=click.IntRange(0), default=400, show_default=True, help="Linear warm-up steps.")
 @click.option("--renderers", default="flat", show_default=True, metavar="MIX",
               help="Renderer mix of the training scenes, e.g. flat:0.2,varied2d:0.4,raycast:0.4 (docs/scenes.md).")
