@@ -365,3 +365,40 @@ def test_tiny_fits_the_size_budget():
     # every parameter is stored once (model.onnx holds the memory projection, the decoder graph the rest);
     # the budget is 10 MB fp32 including graph structure (~0.3 MB today)
     assert 4 * sum(p.numel() for p in m.parameters()) <= 9.5e6
+
+
+def test_scene_answers_score_the_caption_when_asked():
+    from edge_slim.scenes import renderers as R
+    from edge_slim.scenes.evaluate import scene_answers, summarize
+
+    class Exact(_Describes):  # answers every task; describes with the reference caption
+        def ask(self, img, qs):
+            from types import SimpleNamespace
+            return [SimpleNamespace(answer="yes") for _ in qs]
+
+        def match(self, img, texts):
+            from types import SimpleNamespace
+            return SimpleNamespace(best=0)
+
+        def locate(self, img, text):
+            from types import SimpleNamespace
+            return SimpleNamespace(box=[0, 0, 1, 1])
+
+    scenes = [R.place("flat", 1, i) for i in range(3)]
+    s = Exact([C.caption(sc) for sc in scenes])
+    rows = [scene_answers(s, 1, i, "flat", describe=True) for i in range(3)]
+    assert rows[0]["caption"]["text"] == C.caption(scenes[0])
+    d = summarize(rows)["describe"]
+    assert (d["object_precision"], d["object_recall"], d["exact_scene"], d["samples"]) == (1, 1, 1, 3)
+    assert "describe" not in summarize([scene_answers(s, 1, 0, "flat")])
+
+
+@SHARES_EXPORT
+def test_eval_reports_describe_figures_for_a_describe_bundle(tiny_bundle):
+    import json
+    _, out, _ = tiny_bundle
+    r = json.loads(cli("eval", "-m", out, "--samples", "2", "--json", check=0).stdout)
+    assert set(r["describe"]) >= {"object_precision", "object_recall", "exact_scene", "relation_precision"}
+    assert r["describe"]["samples"] == 2
+    p = cli("eval", "-m", out, "--samples", "2", "--renderer", "flat,unseen", check=0)
+    assert "describe obj recall" in p.stdout

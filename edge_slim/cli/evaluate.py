@@ -6,6 +6,10 @@ import click
 from .common import backend_option, emit, json_option, model_option, threads_option
 
 
+DESCRIBE_ROWS = [("obj prec", "object_precision"), ("obj recall", "object_recall"),
+                 ("exact", "exact_scene"), ("rel prec", "relation_precision")]
+
+
 def _table(results: dict, backend: str) -> str:
     """Figures per renderer side by side: one column each."""
     names = list(results)
@@ -14,11 +18,14 @@ def _table(results: dict, backend: str) -> str:
     rows += [("match R@1", "match_r1"), ("locate IoU>=.5", "locate_iou50")]
     if "type_errors" in first:
         rows.append(("type errors", "type_errors"))
+    if "describe" in first:
+        rows += [(f"describe {label}", ("describe", key)) for label, key in DESCRIBE_ROWS]
     width = max(10, *(len(n) for n in names))
-    out = [f"{'':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
+    out = [f"{'':<20}" + "".join(f"{n:>{width + 2}}" for n in names)]
     for label, key in rows:
-        vals = [r["per_family"].get(key) if key in first["per_family"] else r.get(key) for r in results.values()]
-        out.append(f"{label:<16}" + "".join(f"{'-' if v is None else (v if isinstance(v, int) else f'{v:.4f}'):>{width + 2}}"
+        vals = [r[key[0]].get(key[1]) if isinstance(key, tuple) else
+                r["per_family"].get(key) if key in first["per_family"] else r.get(key) for r in results.values()]
+        out.append(f"{label:<20}" + "".join(f"{'-' if v is None else (v if isinstance(v, int) else f'{v:.4f}'):>{width + 2}}"
                                              for v in vals))
     out.append(f"({first['samples']} scenes each, seed {first['seed']}, backend {backend})")
     return "\n".join(out)
@@ -39,7 +46,9 @@ def _table(results: dict, backend: str) -> str:
 @click.option("--key", default=None, help="The board's device key at the tracker (with --rpc), e.g. rpi5.")
 @json_option
 def eval_cmd(model, precision, backend, samples, seed, renderer, threads, rpc, key, as_json):
-    """VQA accuracy (overall and per question family), matching R@1 and locate IoU>=0.5."""
+    """VQA accuracy (overall and per question family), matching R@1, locate IoU>=0.5 and, for a model
+    with a describe head, its captions' object precision and recall, exact-scene rate and relation
+    precision (scenes/caption.py)."""
     import edge_slim
     if (rpc is None) != (key is None):
         raise click.BadParameter("--rpc and --key go together", param_hint="--rpc/--key")
@@ -66,6 +75,10 @@ def eval_cmd(model, precision, backend, samples, seed, renderer, threads, rpc, k
         text += [f"match R@1      {r['match_r1']:.4f}", f"locate IoU>=.5 {r['locate_iou50']:.4f}"]
         if "type_errors" in r:
             text.append(f"type errors    {r['type_errors']}")
+        if "describe" in r:
+            d = r["describe"]
+            text.append("describe       " + ", ".join(f"{label} {'-' if d[k] is None else f'{d[k]:.4f}'}"
+                                                      for label, k in DESCRIBE_ROWS))
         text.append(f"({r['samples']} scenes, seed {r['seed']}, renderer {r['renderer']}, backend {r['backend']})")
         emit(r, as_json, "\n".join(text))
     else:

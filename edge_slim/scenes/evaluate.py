@@ -36,9 +36,17 @@ def model_image(renderer: str, scene: dict):
     return img if img.size == (MODEL_RES, MODEL_RES) else load_image(img).resize((MODEL_RES, MODEL_RES), resample=2)
 
 
-def scene_answers(session, seed: int, index: int, renderer: str = R.DEFAULT_RENDERER) -> dict:
+def has_describe(session) -> bool:
+    """Whether the session's bundle has a caption decoder (the describe head)."""
+    bundle = getattr(session, "bundle", None)
+    return bool(bundle is not None and bundle.manifest.get("describe"))
+
+
+def scene_answers(session, seed: int, index: int, renderer: str = R.DEFAULT_RENDERER,
+                  describe: bool = False) -> dict:
     """What `session` answers on scene `index` of stream `seed`, beside the truth: one question per family,
-    the best of the captions, the located box (when the scene has a referring expression)."""
+    the best of the captions, the located box (when the scene has a referring expression) and, with
+    `describe`, the generated caption's score against the scene (scenes/caption.py)."""
     s = R.sample(renderer, seed, index)
     img = model_image(renderer, s["scene"])
     qs = s["questions"]
@@ -48,6 +56,12 @@ def scene_answers(session, seed: int, index: int, renderer: str = R.DEFAULT_REND
     if s["refer"] is not None:
         row["box"] = session.locate(img, s["refer"]["text"]).box
         row["iou"] = box_iou(row["box"], s["refer"]["box"])
+    if describe:
+        from dataclasses import asdict
+
+        from .caption import score_caption
+        text = session.describe(img).text
+        row["caption"] = {"text": text, **asdict(score_caption(text, s["scene"]))}
     return row
 
 
@@ -65,17 +79,26 @@ def summarize(rows: list[dict]) -> dict:
             "per_family": {k: round(float(np.mean(fam_ok[k])), 4) for k in sorted(fam_ok)},
             "match_r1": round(float(np.mean([r["match"] == r["match_truth"] for r in rows])), 4),
             "locate_iou50": round(float(np.mean(np.array(iou) >= 0.5)), 4),
-            "type_errors": int(type_errors)}
+            "type_errors": int(type_errors), **_describe_figures(rows)}
+
+
+def _describe_figures(rows: list[dict]) -> dict:
+    from .caption import CaptionScore, summarize as caption_summary
+    scores = [CaptionScore(**{k: v for k, v in r["caption"].items() if k != "text"}) for r in rows if "caption" in r]
+    return {"describe": caption_summary(scores)} if scores else {}
 
 
 def evaluate(session, samples: int = 500, seed: int = DEFAULT_EVAL_SEED,
-             progress: Callable[[int], None] | None = None, renderer: str = R.DEFAULT_RENDERER) -> dict:
+             progress: Callable[[int], None] | None = None, renderer: str = R.DEFAULT_RENDERER,
+             describe: bool | None = None) -> dict:
     """Evaluate a Session on `samples` fresh scenes of stream `seed`, drawn by `renderer`
-    (scenes/renderers.py; the same scenes' layouts and questions for any renderer of one layout)."""
+    (scenes/renderers.py; the same scenes' layouts and questions for any renderer of one layout).
+    describe (default: when the bundle has the head) adds the generated captions' figures."""
     R.get(renderer)
+    describe = has_describe(session) if describe is None else describe
     rows = []
     for i in range(samples):
-        rows.append(scene_answers(session, seed, i, renderer))
+        rows.append(scene_answers(session, seed, i, renderer, describe))
         if progress:
             progress(1)
     return {**summarize(rows), "samples": samples, "seed": seed, "renderer": renderer}
