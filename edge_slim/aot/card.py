@@ -18,7 +18,9 @@ def model_card(model, run_dir: Path, manifest: dict, res: dict) -> str:
     ev = manifest.get("eval") or {}
     step = getattr(model, "trained_steps", None) or last.get("step")
     cmd = (f"edge-slim train --size {args.get('size', 'tiny')} --minutes {args.get('minutes', 0):g} "
-           f"--batch {args.get('batch')} --lr {args.get('lr')} --scenes {args.get('scenes')} --seed {args.get('seed')}")
+           f"--batch {args.get('batch')} --lr {args.get('lr')} --scenes {args.get('scenes')} --seed {args.get('seed')}"
+           + (f" --renderers {args['renderers']}" if args.get("renderers", "flat") != "flat" else "")
+           + (f" --init-from {args['init_from']}" if args.get("init_from") else ""))
     out = [f"# {manifest['name']} — model card", "",
            "A compact image+text transformer (see `edge_slim/aot/model.py`), trained from scratch on "
            "generated CLEVR-like scenes (`docs/scenes.md`). It knows only that world: 5 shapes, 8 colours, "
@@ -37,10 +39,18 @@ def model_card(model, run_dir: Path, manifest: dict, res: dict) -> str:
     if (run_dir / "history.md").exists():  # how the run was warm-started, written by whoever ran it
         out += [(run_dir / "history.md").read_text().strip(), ""]
     if evals:
+        # one row per step (flat-only runs) or per step and renderer (a renderer mix: train.py evaluates
+        # each renderer of the mix and the unseen one)
+        rows = [(e["step"], None, e) if "vqa_accuracy" in e else (e["step"], n, r)
+                for e in evals for n, r in ([(None, e)] if "vqa_accuracy" in e else
+                                            [(k, v) for k, v in e.items() if isinstance(v, dict)])]
+        mixed = any(n for _, n, _ in rows)
         out += ["Held-out accuracy during training (PyTorch, quick check on "
                 f"{args.get('eval_samples')} scenes of seed {args.get('seed', 0) + 1}):", "",
-                "| step | VQA | match R@1 | locate IoU>=.5 |", "|---|---|---|---|"]
-        out += [f"| {e['step']} | {e['vqa_accuracy']:.3f} | {e['match_r1']:.3f} | {e['locate_iou50']:.3f} |" for e in evals]
+                "| step |" + (" renderer |" if mixed else "") + " VQA | match R@1 | locate IoU>=.5 |",
+                "|---|" + ("---|" if mixed else "") + "---|---|---|"]
+        out += [f"| {st} |" + (f" {n} |" if mixed else "") +
+                f" {r['vqa_accuracy']:.3f} | {r['match_r1']:.3f} | {r['locate_iou50']:.3f} |" for st, n, r in rows]
         out.append("")
     if ev:
         out += ["## Evaluation (`edge-slim eval`, ONNX Runtime)", "",
