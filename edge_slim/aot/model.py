@@ -49,10 +49,29 @@ class Config:
     describe_mlp_ratio: int = 2
     caption_vocab: int = 25     # len(edge_slim.scenes.caption.CAPTION_VOCAB)
     caption_len: int = 41       # edge_slim.scenes.caption.MAX_TOKENS (bos ... eos)
+    # Per-layer widths of a structurally pruned model (edge_slim/aot/slim/prune.py): stack name
+    # ("img_blocks", "txt_blocks", "cross_blocks", "fusion_blocks", "decoder") -> one head count /
+    # MLP hidden width per layer. None (every unpruned model): `heads` and dim * mlp_ratio everywhere;
+    # a head is always dim // heads wide. Left out of to_dict when None, so manifests stay as they were.
+    layer_heads: dict | None = None
+    layer_mlp: dict | None = None
+
+    def heads_of(self, stack: str, i: int) -> int:
+        return self.layer_heads[stack][i] if self.layer_heads and stack in self.layer_heads else self.heads
+
+    def mlp_of(self, stack: str, i: int) -> int:
+        if self.layer_mlp and stack in self.layer_mlp:
+            return self.layer_mlp[stack][i]
+        return self.dim * (self.describe_mlp_ratio if stack == "decoder" else self.mlp_ratio)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["stem"] = list(self.stem)
+        for k in ("layer_heads", "layer_mlp"):
+            if d[k] is None:
+                del d[k]
+            else:
+                d[k] = {s: list(v) for s, v in d[k].items()}
         return d
 
     @classmethod
@@ -76,10 +95,12 @@ def config_for(size: str, **overrides) -> Config:
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, head_dim: int | None = None):
         super().__init__()
-        self.h, self.dh = heads, dim // heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.h, self.dh = heads, head_dim or dim // heads
+        inner = self.h * self.dh  # = dim unless heads were pruned
+        self.q, self.k, self.v = (nn.Linear(dim, inner) for _ in range(3))
+        self.o = nn.Linear(inner, dim)
 
     def forward(self, x, ctx, bias=None):
         B, T, C = x.shape
@@ -93,13 +114,13 @@ class Attention(nn.Module):
         if bias is not None:
             att = att + bias  # [B,1,1,S] key-padding bias
         y = att.softmax(-1) @ v                                     # [B,h,T,dh]
-        return self.o(y.transpose(1, 2).reshape(B, T, C))
+        return self.o(y.transpose(1, 2).reshape(B, T, self.h * self.dh))
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, ratio: int):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, dim * ratio), nn.Linear(dim * ratio, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
     def forward(self, x):
         return self.fc2(F.gelu(self.fc1(x)))
@@ -108,12 +129,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block; with `cross=True` the attention reads another sequence."""
 
-    def __init__(self, dim: int, heads: int, ratio: int, cross: bool = False):
+    def __init__(self, dim: int, heads: int, hidden: int, cross: bool = False, head_dim: int | None = None):
         super().__init__()
         self.cross = cross
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.lnc = nn.LayerNorm(dim) if cross else None
-        self.attn, self.mlp = Attention(dim, heads), MLP(dim, ratio)
+        self.attn, self.mlp = Attention(dim, heads, head_dim), MLP(dim, hidden)
 
     def forward(self, x, ctx=None, bias=None):
         h = self.ln1(x)
@@ -125,10 +146,11 @@ class DecoderBlock(nn.Module):
     """Pre-LN decoder block: causal self-attention over the caption so far, cross-attention to the
     image memory, MLP. `step` is the same computation for one new token with a key/value cache."""
 
-    def __init__(self, dim: int, heads: int, ratio: int):
+    def __init__(self, dim: int, heads: int, hidden: int, head_dim: int | None = None):
         super().__init__()
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.self_attn, self.cross_attn, self.mlp = Attention(dim, heads), Attention(dim, heads), MLP(dim, ratio)
+        self.self_attn, self.cross_attn = Attention(dim, heads, head_dim), Attention(dim, heads, head_dim)
+        self.mlp = MLP(dim, hidden)
 
     def forward(self, x, memory, causal):
         h = self.ln1(x)
@@ -167,7 +189,8 @@ class CaptionDecoder(nn.Module):
         self.mem_ln = nn.LayerNorm(d)
         self.emb = nn.Embedding(cfg.caption_vocab, d)
         self.pos = nn.Parameter(torch.randn(1, cfg.caption_len, d) * 0.02)
-        self.blocks = nn.ModuleList(DecoderBlock(d, cfg.heads, cfg.describe_mlp_ratio) for _ in range(cfg.describe_layers))
+        self.blocks = nn.ModuleList(DecoderBlock(d, cfg.heads, cfg.mlp_of("decoder", i), d // cfg.heads)
+                                    for i in range(cfg.describe_layers))
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.caption_vocab)
         causal = torch.triu(torch.full((cfg.caption_len, cfg.caption_len), NEG), diagonal=1)
@@ -215,14 +238,15 @@ class SlimPajama(nn.Module):
         self.stem = nn.Sequential(*layers[:-1])  # last conv output feeds the token projection unactivated
         n_img = cfg.grid * cfg.grid
         self.img_pos = nn.Parameter(torch.randn(1, n_img, d) * 0.02)
-        self.img_blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.image_layers))
+        block = lambda stack, i, cross=False: Block(d, cfg.heads_of(stack, i), cfg.mlp_of(stack, i), cross, d // cfg.heads)
+        self.img_blocks = nn.ModuleList(block("img_blocks", i) for i in range(cfg.image_layers))
         self.img_ln = nn.LayerNorm(d)
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.txt_pos = nn.Parameter(torch.randn(1, cfg.max_tokens, d) * 0.02)
-        self.txt_blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.text_layers))
+        self.txt_blocks = nn.ModuleList(block("txt_blocks", i) for i in range(cfg.text_layers))
         self.txt_ln = nn.LayerNorm(d)
-        self.cross_blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, cross=True) for _ in range(cfg.cross_layers))
-        self.fusion_blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.fusion_layers))
+        self.cross_blocks = nn.ModuleList(block("cross_blocks", i, True) for i in range(cfg.cross_layers))
+        self.fusion_blocks = nn.ModuleList(block("fusion_blocks", i) for i in range(cfg.fusion_layers))
         self.out_ln = nn.LayerNorm(d)
         self.answer_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.num_answers))
         self.match_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))

@@ -138,18 +138,49 @@ def question_targets(cache: D.Cache) -> dict:
     return t
 
 
-def batch_losses(model: SlimPajama, aux: AuxHead, cache: D.Cache, idx: np.ndarray, rng: np.random.Generator,
-                 qt: dict | None = None, ct_t: dict | None = None, cf_t: dict | None = None):
+@dataclass
+class Batch:
+    """One step's draw from the cache: B images and five texts per image, ordered task-major (two
+    questions, one referring expression, one true and one false caption: text t -> image t % B)."""
+    idx: np.ndarray       # [B] scene indices
+    qs: np.ndarray        # [2,B] question slots
+    r: np.ndarray         # [B] referring-expression slot
+    ct: np.ndarray        # [B] true-caption slot
+    cf: np.ndarray        # [B] false-caption slot
+    tokens: np.ndarray    # int64 [5B,L]
+    image: torch.Tensor   # [B,3,96,96] normalized
+
+
+def sample_batch(cache: D.Cache, idx: np.ndarray, rng: np.random.Generator) -> Batch:
     B = len(idx)
     qs = rng.integers(D.NQ, size=(2, B))
     r = rng.integers(D.NR, size=B)
     ct, cf = rng.integers(D.NC, size=B), rng.integers(D.NC, size=B)
     tokens = np.concatenate([cache.q_tok[idx, qs[0]], cache.q_tok[idx, qs[1]], cache.r_tok[idx, r],
                              cache.c_true[idx, ct], cache.c_false[idx, cf]])
-    image = to_tensor_images(cache.images[idx])
-    img = model.encode_image(image)                             # [B,36,d]
-    txt, valid, bias = model.encode_text(torch.from_numpy(tokens))
-    o = model.heads(img, txt, valid, bias)              # texts ordered task-major: text t -> image t % B
+    return Batch(idx, qs, r, ct, cf, tokens, to_tensor_images(cache.images[idx]))
+
+
+def forward_batch(model: SlimPajama, b: Batch) -> tuple[torch.Tensor, dict]:
+    """-> (image tokens [B,36,d], every head's output for the 5B texts)."""
+    img = model.encode_image(b.image)                           # [B,36,d]
+    txt, valid, bias = model.encode_text(torch.from_numpy(b.tokens))
+    return img, model.heads(img, txt, valid, bias)
+
+
+def batch_losses(model: SlimPajama, aux: AuxHead, cache: D.Cache, idx: np.ndarray, rng: np.random.Generator,
+                 qt: dict | None = None, ct_t: dict | None = None, cf_t: dict | None = None):
+    b = sample_batch(cache, idx, rng)
+    img, o = forward_batch(model, b)
+    return ground_truth_losses(model, aux, cache, b, img, o, qt, ct_t, cf_t)
+
+
+def ground_truth_losses(model: SlimPajama, aux: AuxHead | None, cache: D.Cache, b: Batch, img: torch.Tensor,
+                        o: dict, qt: dict | None = None, ct_t: dict | None = None, cf_t: dict | None = None) -> dict:
+    """The training losses of one batch against the scenes' truth. With a caption decoder, its logits
+    are left in o["caption_logits"] (distillation reads them); aux=None skips the auxiliary cell loss."""
+    idx, qs, r, ct, cf = b.idx, b.qs, b.r, b.ct, b.cf
+    B = len(idx)
     ans = torch.from_numpy(np.concatenate([cache.q_ans[idx, qs[0]], cache.q_ans[idx, qs[1]]]))
     L = {}
     L["vqa"] = F.cross_entropy(o["answer_logits"][:2 * B], ans)
@@ -183,6 +214,9 @@ def batch_losses(model: SlimPajama, aux: AuxHead, cache: D.Cache, idx: np.ndarra
         cap = torch.from_numpy(cache.cap_tok[idx])                 # [B,Lc] bos ... eos pad
         logits = model.decoder(model.decoder.memory(img, boxes), cap[:, :-1])  # [B,Lc-1,V]
         L["caption"] = F.cross_entropy(logits.flatten(0, 1), cap[:, 1:].flatten(), ignore_index=CAP.PAD)
+        o["caption_logits"] = logits
+    if aux is None:
+        return L
     cells = torch.from_numpy(cache.cells[idx])                   # [B,36,3]
     ac, ash, asz = aux(img)
     L["aux"] = (F.cross_entropy(ac.flatten(0, 1), cells[..., 0].flatten())
