@@ -22,6 +22,7 @@ COMMANDS = {
     "compile": ("edge_slim.cli.compile:compile_cmd", "Compile a model with Apache TVM for a device [tvm]."),
     "run": ("edge_slim.cli.run:run_cmd", "Run a compiled bring-your-own model on .npy inputs."),
     "quantize": ("edge_slim.cli.quantize:quantize_cmd", "Make an int8 bundle within an accuracy budget [quantize]."),
+    "slim": ("edge_slim.cli.slim:slim_cmd", "Prune, distill and quantize a teacher; choose on the size/error frontier."),
 }
 
 
