@@ -48,7 +48,7 @@ class Bundle:
         decoder), for a backend to load; the graph must be one of the checksummed files."""
         if name not in self.manifest["files"]:
             raise ModelError(f"{self.path}: the manifest names {name} for {what}, but the bundle does not hold it "
-                             "(quantize and compile do not carry extra graphs yet; use the exported fp32 bundle)")
+                             "(the bundle is incomplete: re-export, re-quantize or re-compile it)")
         return Bundle(self.path, {**self.manifest, "model_file": name})
 
 

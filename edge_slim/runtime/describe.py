@@ -50,6 +50,16 @@ def _grammar(vocab: list[str]) -> dict[str, np.ndarray]:
     return after
 
 
+def decoder_view(bundle):
+    """The bundle as the decoder graph's backend sees it: its model file is the describe graph (an ONNX
+    graph, or a compiled library in a compiled bundle), its inputs and outputs those of the manifest's
+    `describe` entry (a compiled backend allocates its input tensors from them)."""
+    spec = bundle.manifest["describe"]
+    view = bundle.graph(spec["graph"], "describe")
+    view.manifest = {**view.manifest, "inputs": spec["inputs"], "outputs": spec["outputs"]}
+    return view
+
+
 class Describer:
     """Drives one bundle's caption decoder on one backend; thread-safe like the backends."""
 
@@ -67,7 +77,7 @@ class Describer:
         self.vocab = list(spec["vocab"])
         self.max_len = int(spec["max_len"])
         self.bos, self.eos = int(spec["bos"]), int(spec["eos"])
-        self.backend = backend_cls(bundle.graph(spec["graph"], "describe"), threads=threads)
+        self.backend = backend_cls(decoder_view(bundle), threads=threads)
         self._after = _grammar(self.vocab)
         from ..scenes.grammar import RELATIONS, SHAPES
         self._shapes = set(SHAPES)
