@@ -109,3 +109,39 @@ class FeedReader:
 
     def set_range(self, start_index: int, end_index: int):
         self.feeds, self.i = self.feeds[start_index:end_index], 0
+
+
+class _Recording:
+    """A backend wrapper that keeps a copy of every feed it is given (the decoder's calibration inputs)."""
+
+    def __init__(self, backend, seen: list[dict]):
+        self.backend, self.seen = backend, seen
+
+    def run(self, feeds: dict) -> dict:
+        self.seen.append({k: v.copy() for k, v in feeds.items()})
+        return self.backend.run(feeds)
+
+
+def describe_feeds(session, describer, feeds: list[dict], images: int = 16, limit: int = 256) -> list[dict]:
+    """Calibration inputs of the caption decoder graph: the feeds it is given while decoding the first
+    `images` distinct calibration images greedily in fp32 (memory from model.onnx, then one call per token),
+    evenly thinned to at most `limit`. So a calibrated decoder sees the caches and positions of real captions."""
+    import numpy as np
+    seen: list[dict] = []
+    backend = describer.backend
+    describer.backend = _Recording(backend, seen)
+    try:
+        done: list = []
+        for f in feeds:
+            if len(done) >= images:
+                break
+            if any(f["image"] is d or np.array_equal(f["image"], d) for d in done):
+                continue
+            done.append(f["image"])
+            tokens = session.tokenizer.encode("object", "match")[None]
+            memory = session.backend.run({"image": f["image"], "tokens": tokens})[describer.spec["memory_output"]]
+            describer.tokens(memory)
+    finally:
+        describer.backend = backend
+    step = max(1, -(-len(seen) // limit))
+    return seen[::step][:limit]

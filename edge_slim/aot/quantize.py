@@ -341,9 +341,11 @@ def _session(model_file: Path, manifest: dict, threads: int | None = None, arith
 def task_scores(model_file: Path, manifest: dict, samples: int, threads: int | None = None,
                 arithmetic: str | None = None) -> dict:
     """Held-out accuracy (edge_slim.scenes.evaluate on seed 1) of one ONNX file with the bundle's tokenizer,
-    computed in `arithmetic` (None: whatever ONNX Runtime does on this CPU)."""
+    computed in `arithmetic` (None: whatever ONNX Runtime does on this CPU). The describe head is judged
+    apart, once (quantize_describe.py), not in every trial of the budget loop."""
     from ..scenes.evaluate import DEFAULT_EVAL_SEED, evaluate
-    return evaluate(_session(model_file, manifest, threads, arithmetic), samples=samples, seed=DEFAULT_EVAL_SEED)
+    return evaluate(_session(model_file, manifest, threads, arithmetic), samples=samples, seed=DEFAULT_EVAL_SEED,
+                    describe=False)
 
 
 def worst_scores(by_arithmetic: dict[str, dict]) -> dict:
@@ -456,12 +458,14 @@ def quantize_bundle(model=None, out=None, *, calib_samples: int = 100, calib_dir
                     form: str = DEFAULT_FORM, max_drop: float = 0.01, max_fp32_nodes: int = 16,
                     eval_samples: int = 500, threads: int | None = None, fuse: bool = False,
                     weight_bits: int = DEFAULT_WEIGHT_BITS, arithmetic: str = "auto",
-                    log: Callable[[str], None] = lambda m: None) -> dict:
+                    describe_samples: int | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
     """Quantize a fp32 bundle to an int8 bundle at `out` within `max_drop`; -> the quantization report.
 
     The int8 accuracy is checked in every integer arithmetic of `check_arithmetics(form, weight_bits,
     arithmetic)` and the budget applies to the worst. Raises BudgetError (and writes nothing) when the
-    budget cannot be met.
+    budget cannot be met. A describe head's decoder graph is quantized in the same form where its caption
+    figures on `describe_samples` held-out scenes (default min(eval_samples, 200)) stay within `max_drop`, else
+    carried fp32 (aot/quantize_describe.py).
     """
     if form not in FORMS:
         raise BadInputError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
@@ -533,8 +537,15 @@ def quantize_bundle(model=None, out=None, *, calib_samples: int = 100, calib_dir
         report["eval"]["by_arithmetic"] = {a: {k: r[k] for k in HEADLINE} for a, r in by_arith.items()}
         report["fused_linear_groups"] = fused
         report["quantized_from"] = {"name": m["name"], "model_sha256": m["files"][m["model_file"]]["sha256"]}
+        describe = None
+        if m.get("describe"):
+            from .quantize_describe import quantize_describe
+            n = min(eval_samples, 200) if describe_samples is None else describe_samples
+            describe, report["describe"] = quantize_describe(
+                src_b, cand, work, F, feeds, method=method, weight_bits=weight_bits, arithmetics=arithmetics,
+                max_drop=max_drop, samples=n, max_fp32_nodes=max_fp32_nodes, threads=threads, fuse=fuse, log=log)
         report["seconds"] = round(time.time() - t0, 1)
-        _write_bundle(out, cand, m, report, int8_scores)
+        _write_bundle(out, cand, m, report, int8_scores, describe)
     sizes = {k: sum(f["bytes"] for f in B.open_bundle(p).manifest["files"].values()) + (p / B.MANIFEST).stat().st_size
              for k, p in (("fp32", src_b.path), ("int8", out))}
     log(f"wrote {out}: {sizes['int8'] / 1e6:.2f} MB bundle ({sizes['int8'] / sizes['fp32']:.3f} x fp32's), "
@@ -566,11 +577,18 @@ def _report(form, method, calib, fp32, int8, names, kept, sens, trials, max_drop
     }
 
 
-def _write_bundle(out: Path, model_file: Path, src_manifest: dict, report: dict, scores: dict) -> None:
+def _write_bundle(out: Path, model_file: Path, src_manifest: dict, report: dict, scores: dict,
+                  describe: Path | None = None) -> None:
     import onnxruntime
     with B.staging_dir(out) as tmp:
         (tmp / "model.onnx").write_bytes(model_file.read_bytes())
         man = {k: v for k, v in src_manifest.items() if k not in ("files", "source_model_sha256")}
+        if describe is not None:  # same file name; write_manifest checksums it with the rest
+            rec = report["describe"]
+            (tmp / src_manifest["describe"]["graph"]).write_bytes(strip_debug_info(onnx.load(str(describe)))
+                                                                  .SerializeToString())
+            man["describe"] = {**src_manifest["describe"], "precision": rec["precision"]}
+            scores = {**scores, "describe": rec["eval"]["int8" if rec["precision"] == "int8" else "fp32_decoder"]}
         man.update(name=f"{src_manifest['name']}-int8", precision="int8", model_file="model.onnx", eval=scores,
                    quantization=report,
                    toolchain={**(src_manifest.get("toolchain") or {}), "onnxruntime": onnxruntime.__version__})
