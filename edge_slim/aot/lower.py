@@ -14,6 +14,11 @@ One visible list of phases (PHASES); each is timed, reported to a progress callb
     build     Relax VM lowering + LLVM/CUDA code generation
     export    export_library with the target's (cross) compiler, then the bundle written atomically
 
+A bundle with a describe head (manifest `describe`) has a second graph, the caption decoder: the same
+phases compile it into a second library, describe.so, for the same target and precision rules (an int8
+decoder stays int8, one carried fp32 by quantize stays fp32), and the compiled bundle's `describe` entry
+points at it (docs/compile.md).
+
 Errors a user can act on (missing cross compiler, unsupported operators) are raised before any
 long work starts.
 """
@@ -58,6 +63,7 @@ class Job:
     cuda_arch: str | None = None
     debug_dump: Path | None = None
     tuning_dir: Path | None = None
+    lib_name: str = "model.so"                                # what phase_export writes in workdir
     # filled by the phases
     bundle: B.Bundle | None = None
     onnx_path: Path | None = None
@@ -75,7 +81,9 @@ class Job:
 def phase_load(job: Job):
     import onnx
     src = job.source
-    if src is None or src.is_dir() or (src.is_file() and src.suffix != ".onnx"):
+    if job.bundle is not None:  # a view of an opened bundle (the describe graph, see describe_job)
+        job.onnx_path = job.bundle.model_path
+    elif src is None or src.is_dir() or (src.is_file() and src.suffix != ".onnx"):
         job.bundle = B.open_bundle(src)
         if job.bundle.manifest["format"] != "onnx":
             raise ModelError(f"{job.bundle.path} is a {job.bundle.manifest['format']} bundle; compile takes an "
@@ -354,7 +362,7 @@ def phase_export(job: Job):
     import tvm
     from tvm.support import cc as tcc
     job.workdir = Path(tempfile.mkdtemp(prefix="edge-slim-compile-"))
-    lib = job.workdir / "model.so"
+    lib = job.workdir / job.lib_name
     cc = shutil.which(job.target.cc)
     if job.target.host_triple == T.host_triple():
         job.executable.export_library(str(lib), fcompile=tcc.cross_compiler(cc) if cc else None)
@@ -395,24 +403,55 @@ def compile_model(source: str | os.PathLike | None, target: str, *, precision: s
               binds=dict(binds or {}), preprocess=preprocess)
     job.out = Path(out) if out else default_output(src, tgt, job)
     t_start = time.perf_counter()
+    describe = None
     try:
-        for i, (name, fn) in enumerate(PHASES):
-            if progress:
-                progress({"phase": name, "index": i + 1, "total": len(PHASES), "state": "start"})
-            t0 = time.perf_counter()
-            ir = fn(job)
-            dt = time.perf_counter() - t0
-            job.phases.append({"phase": name, "seconds": round(dt, 3)})
-            if job.debug_dump is not None and ir is not None:
-                job.debug_dump.mkdir(parents=True, exist_ok=True)
-                (job.debug_dump / f"{i + 1:02d}-{name}.txt").write_text(ir.script(show_meta=False))
-            if progress:
-                progress({"phase": name, "index": i + 1, "total": len(PHASES), "state": "done", "seconds": dt})
-        manifest = write_compiled_bundle(job, time.perf_counter() - t_start)
+        run_phases(job, progress)
+        describe = describe_job(job)
+        if describe is not None:
+            run_phases(describe, progress, "describe:")
+        manifest = write_compiled_bundle(job, time.perf_counter() - t_start, describe)
     finally:
-        if job.workdir is not None:
-            shutil.rmtree(job.workdir, ignore_errors=True)
+        for j in (job, describe):
+            if j is not None and j.workdir is not None:
+                shutil.rmtree(j.workdir, ignore_errors=True)
     return {**manifest, "path": str(job.out)}
+
+
+def run_phases(job: Job, progress: Callable[[dict], None] | None = None, prefix: str = "") -> None:
+    """PHASES in order on `job`, each timed (job.phases), reported and, with job.debug_dump, its IR written."""
+    for i, (name, fn) in enumerate(PHASES):
+        if progress:
+            progress({"phase": prefix + name, "index": i + 1, "total": len(PHASES), "state": "start"})
+        t0 = time.perf_counter()
+        ir = fn(job)
+        dt = time.perf_counter() - t0
+        job.phases.append({"phase": name, "seconds": round(dt, 3)})
+        if job.debug_dump is not None and ir is not None:
+            job.debug_dump.mkdir(parents=True, exist_ok=True)
+            (job.debug_dump / f"{i + 1:02d}-{name}.txt").write_text(ir.script(show_meta=False))
+        if progress:
+            progress({"phase": prefix + name, "index": i + 1, "total": len(PHASES), "state": "done", "seconds": dt})
+
+
+DESCRIBE_LIB = "describe.so"
+
+
+def describe_job(job: Job) -> Job | None:
+    """The compile of the bundle's caption decoder graph (manifest `describe`), or None without one: the same
+    target, recipe and tuning settings; precision from its graph (fp16 when the model is compiled fp16)."""
+    spec = job.bundle.manifest.get("describe") if job.bundle is not None else None
+    if not spec:
+        return None
+    m = job.bundle.manifest
+    if spec["graph"] not in m["files"]:
+        raise ModelError(f"{job.bundle.path}: the manifest names {spec['graph']} for describe, but the bundle does "
+                         "not hold it; re-export or re-quantize the bundle")
+    view = B.Bundle(job.bundle.path, {**m, "model_file": spec["graph"], "inputs": spec["inputs"],
+                                      "outputs": spec["outputs"], "precision": spec.get("precision")})
+    return Job(source=None, target=job.target, recipe=job.recipe, bundle=view, lib_name=DESCRIBE_LIB,
+               precision="fp16" if job.precision == "fp16" else None, tune_trials=job.tune_trials,
+               cuda_arch=job.cuda_arch, tuning_dir=job.tuning_dir,
+               debug_dump=job.debug_dump / "describe" if job.debug_dump is not None else None)
 
 
 def default_output(src: Path | None, tgt: T.Target, job: Job) -> Path:
@@ -431,7 +470,7 @@ def check_toolchain(tgt: T.Target) -> None:
         raise MissingDependencyError(f"target {tgt.name} needs: " + "; ".join(st["missing"]))
 
 
-def write_compiled_bundle(job: Job, total_s: float) -> dict:
+def write_compiled_bundle(job: Job, total_s: float, describe: Job | None = None) -> dict:
     import tvm
     import tvm_ffi
     src_manifest = job.bundle.manifest if job.bundle else {}
@@ -461,8 +500,14 @@ def write_compiled_bundle(job: Job, total_s: float) -> dict:
     }
     if not job.bundle:
         manifest["eval"] = {}
+    if describe is not None:  # the decoder's library, driven as the ONNX graph was (same inputs and outputs)
+        manifest["describe"] = {**src_manifest["describe"], "graph": DESCRIBE_LIB, "precision": describe.precision,
+                                "source_sha256": B.sha256_file(describe.onnx_path),
+                                "compile": {"flags": describe.flags, "phases": describe.phases}}
     with B.staging_dir(job.out) as tmp:
         shutil.copy2(job.workdir / "model.so", tmp / "model.so")
+        if describe is not None:
+            shutil.copy2(describe.workdir / DESCRIBE_LIB, tmp / DESCRIBE_LIB)
         manifest = B.write_manifest(tmp, manifest)
     return manifest
 
