@@ -69,3 +69,31 @@ def dev_model(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return path
+
+
+@pytest.fixture(scope="session")
+def dev_describe_bundle(tmp_path_factory) -> Path:
+    """A random-init SlimPajama-Tiny WITH a describe head (describe_layers=2) exported by export_bundle once per
+    session (model.onnx + describe_decoder.onnx + manifest). The caption head is made decisive and never picks
+    eos, so captions run until the grammar's length limit (4-6 objects) and a difference between backends shows."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from edge_slim.aot.export import export_bundle
+    from edge_slim.aot.model import SlimPajama, config_for
+    from edge_slim.scenes import caption as C
+    from edge_slim.scenes.grammar import ANSWERS, vocabulary
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        m = SlimPajama(config_for("tiny", vocab_size=len(vocabulary()), num_answers=len(ANSWERS),
+                                  describe_layers=2)).eval()
+        with torch.no_grad():
+            m.decoder.head.weight.normal_(0, 1.0)
+            m.decoder.head.bias[C.EOS] = -50.0
+        out = tmp_path_factory.mktemp("dev-describe") / "bundle"
+        export_bundle(m, out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
