@@ -129,9 +129,7 @@ def distill(student: SlimPajama, teacher: SlimPajama, cache: D.Cache, a: Distill
     """Fine-tune `student` in place for a.steps steps on teacher + ground truth; -> a summary (final smoothed
     losses, seconds). The teacher is not changed."""
     torch.manual_seed(a.seed)
-    teacher = teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = teacher.eval()   # run under no_grad below; its parameters are left as they are
     targets = training_targets(cache)
     has_caps = cache.cap_tok is not None and student.decoder is not None
     params = [p for p in student.parameters() if p.requires_grad]

@@ -224,7 +224,11 @@ def _latency(rows: list[dict], a: SlimArgs, log) -> None:
         c["latency_ms"] = res["p50_ms"]
         c["latency_vs_teacher"] = res["paired_ratio"]       # paired with the first row (the teacher)
     from ...runtime.machine import describe
-    log(f"latency: {a.bench_rounds} paired rounds of {len(rows)} bundles on {describe(r['cpu'])}")
+    from ...targets import get_target, host_triple
+    t = get_target(a.target)
+    other = t.kind != "cpu" or t.host_triple != host_triple()
+    log(f"latency: {a.bench_rounds} paired rounds of {len(rows)} bundles on this host, {describe(r['cpu'])}"
+        + (f" (not a {t.name} device: its figures rank the candidates, they are not the device's)" if other else ""))
     for c in rows:
         c["latency_cpu"] = r["cpu"]
 
