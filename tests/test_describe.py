@@ -402,3 +402,22 @@ def test_eval_reports_describe_figures_for_a_describe_bundle(tiny_bundle):
     assert r["describe"]["samples"] == 2
     p = cli("eval", "-m", out, "--samples", "2", "--renderer", "flat,unseen", check=0)
     assert "describe obj recall" in p.stdout
+
+
+@SHARES_EXPORT
+def test_bench_times_describe_and_refuses_it_without_the_head(tiny_bundle, tmp_path):
+    import json
+    import shutil
+
+    from edge_slim.runtime.bundle import write_manifest
+    _, out, _ = tiny_bundle
+    r = json.loads(cli("bench", out, "--call", "describe", "--threads", "1", "--rounds", "1", "--block", "2",
+                       "--warmup", "1", "--json", check=0).stdout)
+    (row,) = r["results"]
+    assert row["call"] == "describe" and row["p50_ms"] > 0
+    no_head = tmp_path / "no-head"
+    shutil.copytree(out, no_head)
+    manifest = json.loads((no_head / "manifest.json").read_text())
+    del manifest["describe"]
+    write_manifest(no_head, manifest)
+    assert_clean_error(cli("bench", no_head, "--call", "describe", "--rounds", "1"), 3)

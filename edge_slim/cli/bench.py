@@ -81,7 +81,8 @@ def _busy() -> str | None:
               help="Generated scenes the inputs come from (a question, caption and phrase each).")
 @click.option("--call", "calls", default="model,ask", show_default=True,
               help="What to time, comma-separated: model (the backend's model call on prepared inputs), "
-                   "ask (the full call: path of a PNG -> Answer, through the public API).")
+                   "ask (the full call: path of a PNG -> Answer, through the public API), "
+                   "describe (path of a PNG -> Description; models with a describe head).")
 @click.option("--questions", type=click.IntRange(2, 256), default=None,
               help="Also time one image with N questions in one `ask` call, against one question.")
 @click.option("--together", is_flag=True,

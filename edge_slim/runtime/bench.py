@@ -24,6 +24,8 @@ What is timed (`calls`):
 - "ask": the full call an app makes, `Session.ask(path of a PNG, question) -> Answer`, through the public
   API: file read, PNG decode, preprocessing, tokenizing, the model, answer decoding.
 - with `questions` N >= 2, also "ask xN": one image and N questions in one `ask` call, against "ask".
+- "describe": `Session.describe(path of a PNG) -> Description` (bundles with a describe head): the image
+  encoded once, then one decoder call per generated token.
 Inputs are generated scenes (scene stream BENCH_SEED; one question, caption and phrase each for the model
 call, the scene's questions for ask), rotated through the block; PNGs are written to a temporary folder at
 `image_px` pixels (default: the model's input size, so preprocessing does not resize).
@@ -45,9 +47,10 @@ from ..errors import BadInputError
 from .machine import cpu_info
 
 BENCH_SEED = 3        # its own scene stream: training uses 0, evaluation 1, calibration 2
-CALLS = ("model", "ask")
+CALLS = ("model", "ask", "describe")
 TIMED = {"model": "backend model call on prepared inputs",
-         "ask": "Session.ask(path of a PNG, question) -> Answer (public API, full call)"}
+         "ask": "Session.ask(path of a PNG, question) -> Answer (public API, full call)",
+         "describe": "Session.describe(path of a PNG) -> Description (image encoded once, greedy kv-cache decoding)"}
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class _Inputs:
             f = self.feeds[i % len(self.feeds)]
             return lambda: session.backend.run(f)
         path, qs = self.asks[i % len(self.asks)]
+        if call == "describe":
+            return lambda: session.describe(path)
         if call == "ask":
             q = qs[(i // len(self.asks)) % len(qs)]
             return lambda: session.ask(path, q)
@@ -150,6 +155,8 @@ def bench(configs: list[Config], rounds: int = 20, block: int = 10, warmup: int 
             if s.manifest["inputs"] is None:
                 raise BadInputError(f"{c.model}: a bare .onnx takes its input shapes from the compiled model "
                                     "benched with it: name the compiled bundle first")
+            if "describe" in kinds and not s.manifest.get("describe"):
+                raise BadInputError(f"{s.bundle.path} has no describe head: leave describe out of --call")
             if not s.manifest.get("tokenizer") and kinds != ["model"]:
                 raise BadInputError(f"{s.bundle.path} is not a SlimPajama bundle (no ask call): pass --call model")
             spec = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in s.manifest["inputs"]]
@@ -270,7 +277,7 @@ def _model(m: dict) -> str:
 
 
 def _timed_name(r: dict) -> str:
-    name = {"model": "model call", "ask": "ask"}.get(r["call"], r["call"].replace("ask x", "ask, ") + " questions")
+    name = {"model": "model call", "ask": "ask", "describe": "describe"}.get(r["call"], r["call"].replace("ask x", "ask, ") + " questions")
     return name + (", together" if r["together"] else "")
 
 
