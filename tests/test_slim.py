@@ -59,6 +59,24 @@ def test_no_feasible_candidate_is_an_error_with_its_own_exit_code():
         S.Objective(alpha=0.0, beta=0.0, gamma=0.0)
 
 
+def test_frontier_plot_draws_the_hand_made_table(tmp_path):
+    from PIL import Image
+
+    from edge_slim.aot.slim.plot import plot_frontier
+    front = S.pareto(TABLE)
+    rows = [{**r, "precision": "int8" if "int8" in r["name"] else "fp32", "pareto": i in front, "chosen": i == 3}
+            for i, r in enumerate(TABLE)]
+    for axis in ("size", "latency"):
+        png = plot_frontier(rows, tmp_path / f"{axis}.png", axis)
+        img = Image.open(png)
+        assert img.size == (720, 480)
+        px = np.asarray(img.convert("RGB"))
+        assert ((px == (200, 60, 40)).all(-1)).sum() > 50      # frontier points and line drawn
+        assert ((px == (120, 120, 120)).all(-1)).sum() > 10    # the dominated candidate
+    with pytest.raises(ValueError):
+        plot_frontier([{**r, "latency_ms": None} for r in rows], tmp_path / "x.png", "latency")
+
+
 # -- pruning and distillation (torch) -----------------------------------------------------------------
 SMALL = {"dim": 64, "heads": 4, "mlp_ratio": 2, "stem": (16, 32, 48), "image_layers": 2, "text_layers": 1,
          "cross_layers": 1, "fusion_layers": 1, "embed_dim": 16, "describe_layers": 1}

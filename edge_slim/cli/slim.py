@@ -111,8 +111,5 @@ def slim_cmd(teacher, target, out, alpha, beta, gamma, max_size_mb, max_latency_
     per_bundle = eval_samples * n_rend
     total = len(a.ratios) * steps + (1 + len(a.ratios)) * len(a.precisions) * per_bundle
     with Progress(total, "slim (distillation steps + evaluated scenes)") as bar:
-        r = SR.slim(a, out, obj, log=log, progress=bar.update)
-    if plot_path:
-        from ..aot.slim.plot import plot_frontier
-        r["plot"] = str(plot_frontier(r["candidates"], plot_path, plot_x))
+        r = SR.slim(a, out, obj, log=log, progress=bar.update, plot=plot_path, plot_x=plot_x)
     emit(r, as_json, table(r))

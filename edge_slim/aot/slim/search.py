@@ -112,8 +112,9 @@ def check_args(a: SlimArgs, out: Path) -> B.Bundle:
 
 
 def slim(a: SlimArgs, out: Path, objective: S.Objective, log: Callable[[str], None] = lambda m: None,
-         progress: Callable[[int], None] = lambda k: None) -> dict:
-    """Run the whole search (module docstring) and write the chosen candidate to `out`; -> the report."""
+         progress: Callable[[int], None] = lambda k: None, plot: Path | None = None, plot_x: str = "size") -> dict:
+    """Run the whole search (module docstring) and write the chosen candidate to `out` (and the frontier PNG
+    to `plot`); -> the report."""
     tb = check_args(a, Path(out))
     import torch
     from ..from_bundle import model_from_bundle
@@ -163,6 +164,9 @@ def slim(a: SlimArgs, out: Path, objective: S.Objective, log: Callable[[str], No
         _write(chosen, Path(out), report, a, tb, imp.method)
     report["seconds"] = round(time.time() - t0, 1)
     report["bundle"] = str(out)
+    if plot is not None:
+        from .plot import plot_frontier
+        report["plot"] = str(plot_frontier(report["candidates"], plot, plot_x))
     return report
 
 
