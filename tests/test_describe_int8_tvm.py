@@ -84,6 +84,14 @@ def test_describe_agrees_on_ort_numpy_and_int8(dev_describe_bundle, int8_bundle)
     assert word_agreement(fp32["ort"], int8["ort"]) >= 0.85, (fp32["ort"], int8["ort"])
 
 
+def test_describe_decoder_gets_the_sessions_backend_options(int8_bundle):
+    """backend_options (here the numpy backend's integer arithmetic) reach the decoder's backend too."""
+    import edge_slim
+    s = edge_slim.load(int8_bundle[0], backend="numpy", backend_options={"arithmetic": "ort-avx2"})
+    s.describe(np.zeros((96, 96, 3), np.uint8))
+    assert s.backend.arithmetic == s._describer.backend.arithmetic == "ort-avx2"
+
+
 def test_describe_json_cli_on_int8_bundle(int8_bundle):
     img = scene_images(1)[0]
     import io

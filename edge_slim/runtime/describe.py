@@ -63,7 +63,7 @@ def decoder_view(bundle):
 class Describer:
     """Drives one bundle's caption decoder on one backend; thread-safe like the backends."""
 
-    def __init__(self, bundle, backend_cls, threads: int | None = None):
+    def __init__(self, bundle, backend_cls, threads: int | None = None, backend_options: dict | None = None):
         spec = bundle.manifest.get("describe")
         if not spec:
             raise ModelError(f"{bundle.path}: this model has no describe head (the bundle has no caption decoder "
@@ -77,7 +77,7 @@ class Describer:
         self.vocab = list(spec["vocab"])
         self.max_len = int(spec["max_len"])
         self.bos, self.eos = int(spec["bos"]), int(spec["eos"])
-        self.backend = backend_cls(decoder_view(bundle), threads=threads)
+        self.backend = backend_cls(decoder_view(bundle), threads=threads, **(backend_options or {}))
         self._after = _grammar(self.vocab)
         from ..scenes.grammar import RELATIONS, SHAPES
         self._shapes = set(SHAPES)

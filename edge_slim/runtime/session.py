@@ -95,6 +95,7 @@ class Session:
         self._family_answers = {f: np.array([i for i, a in enumerate(self.answers) if a in words])
                                 for f, words in FAMILY_ANSWERS.items()}
         self._threads = threads
+        self._backend_options = dict(backend_options or {})
         self._describer: Describer | None = None  # the caption decoder, loaded on the first describe
         self._describer_lock = threading.Lock()
 
@@ -167,7 +168,8 @@ class Session:
         t0 = time.perf_counter()
         with self._describer_lock:
             if self._describer is None:
-                self._describer = Describer(self.bundle, backend_class(self.backend_name), threads=self._threads)
+                self._describer = Describer(self.bundle, backend_class(self.backend_name), threads=self._threads,
+                                            backend_options=self._backend_options)
         d = self._describer
         x, _ = self.prepare_image(image)
         memory = self._run(x, self._tokens("object", "match"))[d.spec["memory_output"]]
