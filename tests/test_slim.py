@@ -271,6 +271,7 @@ def test_slim_end_to_end_writes_a_bundle_that_loads_and_answers(small_teacher, t
     r = json.loads(p.stdout)
     assert [c["tag"] for c in r["candidates"]] == ["teacher", "h50-m50-s50"]
     assert all(c["latency_ms"] > 0 and c["size_mb"] > 0 for c in r["candidates"])
+    assert all("describe" in c["scores"]["unseen"] for c in r["candidates"])   # the caption head is measured too
     assert r["candidates"][1]["size_mb"] < r["candidates"][0]["size_mb"]
     assert r["candidates"][1]["chosen"]              # size weighs 1000x error here: the smaller one
     m = json.loads((out / "manifest.json").read_text())

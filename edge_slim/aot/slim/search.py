@@ -246,8 +246,8 @@ def _decide(rows: list[dict], obj: S.Objective, a: SlimArgs, tb: B.Bundle, skipp
         table.append({"name": c["name"], "tag": c["tag"], "precision": c["precision"], "params": c["params"],
                       "size_mb": c["size_mb"], "error": c["error"], "latency_ms": c.get("latency_ms"),
                       "latency_vs_teacher": c.get("latency_vs_teacher"),
-                      "scores": {r: {k: s[k] for k in ("vqa_accuracy", "match_r1", "locate_iou50")}
-                                 for r, s in c["scores"].items()},
+                      "scores": {r: {k: s[k] for k in ("vqa_accuracy", "match_r1", "locate_iou50", "describe") if k in s}
+                                 for r, s in c["scores"].items()},   # describe: caption figures (not in error)
                       "answer_kl_to_teacher": (c["distill"] or {}).get("answer_kl_to_teacher"),
                       "int8": c.get("int8"),
                       "complexity": round(cplx[i], 4), "pareto": i in front, "chosen": i == chosen,
