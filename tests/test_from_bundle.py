@@ -47,3 +47,13 @@ def test_a_quantized_bundle_is_refused(tmp_path):
     assert json.loads((dst / "manifest.json").read_text()).get("quantization")
     with pytest.raises(ValueError, match="not an fp32 bundle"):
         model_from_bundle(dst)
+
+
+def test_train_init_from_a_missing_path_or_another_config_is_one_line(tmp_path):
+    from conftest import assert_clean_error, cli
+    base = ("train", "--steps", "1", "--scenes", "100", "--cache-dir", tmp_path / "c", "--eval-every", "0")
+    assert_clean_error(cli(*base, "--init-from", tmp_path / "nope", "--out", tmp_path / "a"), 3)
+    p = cli(*base, "--size", "small", "--init-from", shipped_dir(), "--out", tmp_path / "b")
+    assert_clean_error(p, 3)
+    assert "has config" in p.stderr
+    assert not (tmp_path / "c").exists()  # refused before any scene was rendered

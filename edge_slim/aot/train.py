@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import BadInputError
 from ..scenes import caption as CAP
 from ..scenes import renderers as R
 from ..scenes.grammar import ANSWERS, COLORS, SHAPES, SIZES, vocabulary
@@ -253,7 +254,7 @@ def train(a: TrainArgs, log=print) -> Path:
     if ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
         if st.get("config", {}).get("describe_layers", 0) != cfg.describe_layers:
-            raise ValueError(f"{ckpt} was trained with describe_layers={st.get('config', {}).get('describe_layers', 0)}"
+            raise BadInputError(f"{ckpt} was trained with describe_layers={st.get('config', {}).get('describe_layers', 0)}"
                              f", this run has {cfg.describe_layers}; train into a new --out (with --init-from "
                              f"{ckpt} to warm-start from it)")
         model.load_state_dict(st["model"])
@@ -261,11 +262,13 @@ def train(a: TrainArgs, log=print) -> Path:
         opt.load_state_dict(st["opt"])
         step, elapsed = st["step"], st.get("elapsed_s", 0.0)
         log(f"resumed from {ckpt} at step {step}")
+    elif a.init_from and not Path(a.init_from).exists():
+        raise BadInputError(f"--init-from {a.init_from}: no such checkpoint or bundle")
     elif a.init_from and Path(a.init_from).is_dir():  # an exported fp32 bundle (aot/from_bundle.py)
         from .from_bundle import model_from_bundle
         src = model_from_bundle(a.init_from, describe_layers=cfg.describe_layers)
         if src.cfg != cfg:
-            raise ValueError(f"{a.init_from} has config {src.cfg.to_dict()}, this run wants {cfg.to_dict()}")
+            raise BadInputError(f"{a.init_from} has config {src.cfg.to_dict()}, this run wants {cfg.to_dict()}")
         model.load_state_dict(src.state_dict())
         bn_from_bundle = True
         log(f"warm start from bundle {a.init_from}; new parameters: {src.new_parameters}")
@@ -279,7 +282,7 @@ def train(a: TrainArgs, log=print) -> Path:
         log(f"warm start from {a.init_from}; new parameters: {missing}; dropped: {unexpected}")
     cache = _get_cache(a, cfg, log)
     if model.decoder is not None and (cache.cap_tok is None or cache.cap_tok.shape[1] != cfg.caption_len):
-        raise ValueError(f"the scene cache in {a.cache_dir} has no caption targets of length {cfg.caption_len} "
+        raise BadInputError(f"the scene cache in {a.cache_dir} has no caption targets of length {cfg.caption_len} "
                          "(built by an older edge-slim); delete it to re-render, or pass another --cache-dir")
     if bn_from_bundle:  # folded BatchNorms: give them the statistics of training images
         from .from_bundle import calibrate_batchnorm
