@@ -185,8 +185,14 @@ def test_evaluate_describe_scores_what_describe_says():
     assert r["exact_scene"] == 0 and r["relation_precision"] is None
 
 
-def test_describe_on_a_bundle_without_describe_graphs_exit_4():
-    p = cli("describe", IMG)
+def test_describe_on_a_bundle_without_describe_graphs_exit_4(bundle_copy):
+    import json
+
+    from edge_slim.runtime.bundle import write_manifest
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest.pop("describe", None)  # a bundle exported from a model without the head
+    write_manifest(bundle_copy, manifest)
+    p = cli("describe", "-m", bundle_copy, IMG)
     assert_clean_error(p, 4)
     assert len(p.stderr.strip().splitlines()) == 1 and "describe" in p.stderr
 
