@@ -260,3 +260,15 @@ def test_aarch64_decoder_runs_under_qemu_as_on_x86(int8_bundle, work, tmp_path):
                        capture_output=True, text=True, env=run_env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "machine=aarch64" in r.stdout and f"tokens={want}" in r.stdout, (r.stdout, want)
+
+
+@pytest.mark.slow
+def test_fp16_bundle_carries_the_decoder(dev_describe_bundle, tmp_path):
+    import edge_slim
+    from edge_slim.aot.fp16 import fp16_bundle
+    r = fp16_bundle(dev_describe_bundle, tmp_path / "fp16", max_drop=1.0, eval_samples=4, threads=1)
+    assert r["describe"]["precision"] == "fp32"
+    b = B.open_bundle(tmp_path / "fp16")
+    assert b.manifest["describe"]["precision"] == "fp32" and b.manifest["describe"]["graph"] in b.manifest["files"]
+    text = edge_slim.load(tmp_path / "fp16", backend="ort").describe(np.zeros((96, 96, 3), np.uint8)).text
+    assert len(C.parse_caption(text).objects) >= 1

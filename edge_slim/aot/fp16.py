@@ -163,5 +163,11 @@ def fp16_bundle(model=None, out=None, *, max_drop: float = 0.01, eval_samples: i
             (stage / "model.onnx").write_bytes(dst.read_bytes())
             man = {k: v for k, v in m.items() if k not in ("files", "source_model_sha256")}
             man.update(name=f"{m['name']}-fp16", precision="fp16", eval=b, quantization=report)
+            if m.get("describe"):  # the caption decoder rides along in fp32 (its I/O is fp32 either way)
+                graph = m["describe"]["graph"]
+                (stage / graph).write_bytes((src_b.path / graph).read_bytes())
+                man["describe"] = {**m["describe"], "precision": "fp32"}
+                report["describe"] = {"precision": "fp32", "why": "quantize --precision fp16 converts model.onnx only; "
+                                      "the decoder is carried as exported"}
             B.write_manifest(stage, man)
     return {"bundle": str(out), **report}
