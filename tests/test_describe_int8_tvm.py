@@ -272,3 +272,11 @@ def test_fp16_bundle_carries_the_decoder(dev_describe_bundle, tmp_path):
     assert b.manifest["describe"]["precision"] == "fp32" and b.manifest["describe"]["graph"] in b.manifest["files"]
     text = edge_slim.load(tmp_path / "fp16", backend="ort").describe(np.zeros((96, 96, 3), np.uint8)).text
     assert len(C.parse_caption(text).objects) >= 1
+
+
+@pytest.mark.slow
+def test_quantize_cli_prints_the_decoders_figures(dev_describe_bundle, tmp_path):
+    p = cli("quantize", dev_describe_bundle, "-o", tmp_path / "q", "--calib-samples", "3", "--eval-samples", "4",
+            "--max-accuracy-drop", "1", "--threads", "1", check=0)
+    (line,) = [x for x in p.stdout.splitlines() if x.startswith("describe: decoder")]
+    assert "object_recall" in line or "fp32" in line, line

@@ -78,4 +78,15 @@ def quantize_cmd(model, out, calib_samples, calib_dir, method, form, precision, 
             f"{'':14s} {'fp32':>7s} {precision:>7s}"]
     text += [f"{k:14s} {ev['fp32'][k]:7.4f} {ev[precision][k]:7.4f}" for k in ev["fp32"]]
     text += [f"  {f:12s} {v['fp32']:7.4f} {v[precision]:7.4f}" for f, v in ev.get("per_family", {}).items()]
+    d = r.get("describe")
+    if d:  # the caption decoder: its own precision and figures (aot/quantize_describe.py)
+        line = f"describe: decoder {d['precision']}"
+        e = d.get("eval") or {}
+        if e.get("fp32") and e.get("int8"):
+            line += ", " + ", ".join(f"{k} {e['fp32'][k]:.4f} -> {e['int8'][k]:.4f}"
+                                     for k in ("object_precision", "object_recall", "exact_scene") if k in e["fp32"])
+            line += f" ({e['samples']} scenes)"
+        if d.get("why"):
+            line += f"; {d['why']}"
+        text.append(line)
     emit(r, as_json, "\n".join(text))
