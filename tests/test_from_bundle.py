@@ -20,6 +20,17 @@ def test_rebuilt_model_matches_onnx_runtime_on_the_bundle(rebuilt):
     assert parity(rebuilt, shipped_dir(), n=3) < 1e-4
 
 
+def test_rebuilt_caption_decoder_matches_the_bundles_describe_graph(rebuilt):
+    import json
+
+    from edge_slim.aot.export import describe_parity
+    spec = json.loads((shipped_dir() / "manifest.json").read_text()).get("describe")
+    if not spec:
+        pytest.skip("the shipped bundle has no describe head")
+    assert rebuilt.decoder is not None
+    assert describe_parity(rebuilt, shipped_dir() / spec["graph"], n=2, decoding=spec["decoding"]) < 1e-4
+
+
 def test_calibrated_batchnorm_keeps_the_function_and_trains_near_it(rebuilt):
     from edge_slim.aot.export import example_inputs
     from edge_slim.aot.from_bundle import calibrate_batchnorm

@@ -26,34 +26,44 @@ from torch import nn
 from .model import Config, SlimPajama
 
 
-def _fingerprint_names(cfg: Config) -> dict[str, tuple[str, bool]]:
-    """ONNX initializer name -> (state_dict key, transposed) for a model of this config."""
+def _fingerprint_names(cfg: Config, decoding: str | None) -> list[dict[str, tuple[str, bool]]]:
+    """ONNX initializer name -> (state_dict key, transposed), for model.onnx and (with `decoding`) the
+    describe decoder graph of a model of this config."""
     import onnx
     from onnx import numpy_helper
 
-    from .export import to_onnx
+    from .export import describe_to_onnx, to_onnx
 
     g = torch.Generator().manual_seed(1234)
     ref = SlimPajama(cfg).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1 + 0.01)
+    params = {k: v.detach().numpy() for k, v in ref.named_parameters()}
+    maps = []
     with tempfile.TemporaryDirectory() as d:
         to_onnx(ref, Path(d) / "m.onnx")
-        inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(Path(d) / "m.onnx")).graph.initializer}
-    params = {k: v.detach().numpy() for k, v in ref.named_parameters()}
-    names: dict[str, tuple[str, bool]] = {}
-    for name, v in inits.items():
-        if v.dtype != np.float32 or v.ndim == 0:
-            continue
-        for k, p in params.items():
-            if p.shape == v.shape and np.array_equal(p, v):
-                names[name] = (k, False)
-                break
-            if p.ndim == 2 and p.T.shape == v.shape and np.array_equal(p.T, v):
-                names[name] = (k, True)
-                break
-    return names
+        paths = [Path(d) / "m.onnx"]
+        if decoding:
+            describe_to_onnx(ref, Path(d) / "d.onnx", decoding)
+            paths.append(Path(d) / "d.onnx")
+        for path in paths:
+            inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+            maps.append({name: hit for name, v in inits.items() if (hit := _match(v, params))})
+    return maps
+
+
+def _match(v: np.ndarray, params: dict[str, np.ndarray]) -> tuple[str, bool] | None:
+    if v.dtype != np.float32 or v.ndim == 0:
+        return None
+    for k, p in params.items():
+        if p.shape == v.shape and np.array_equal(p, v):
+            return k, False
+        if p.ndim == 2 and p.T.shape == v.shape and np.array_equal(p.T, v):
+            return k, True
+        if p.size == v.size and p.shape != v.shape and np.array_equal(p.reshape(v.shape), v):
+            return k, False  # a squeezed parameter (e.g. pos[0]): loaded back by reshaping
+    return None
 
 
 def _conv_bn_pairs(model: SlimPajama) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -75,24 +85,29 @@ def model_from_bundle(bundle: str | Path, **overrides) -> SlimPajama:
         raise ValueError(f"{bundle} is not an fp32 bundle; rebuild from the fp32 bundle it was quantized from")
     src_cfg = Config.from_dict(manifest["config"])
     cfg = Config.from_dict({**src_cfg.to_dict(), **overrides})
-    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(bundle / "model.onnx")).graph.initializer}
-    names = _fingerprint_names(src_cfg)
+    spec = manifest.get("describe")
+    graphs = ["model.onnx"] + ([spec["graph"]] if spec else [])  # the caption decoder's weights live in its graph
     model = SlimPajama(cfg)
     own = model.state_dict()
     loaded: dict[str, torch.Tensor] = {}
-    for name, v in inits.items():
-        key, transposed = names.get(name, (name, False))
-        if key in own and v.dtype == np.float32:
-            t = torch.from_numpy(np.array(v.T if transposed else v))
-            if tuple(t.shape) != tuple(own[key].shape):
-                raise ValueError(f"{bundle}: {name} has shape {tuple(t.shape)}, {key} wants {tuple(own[key].shape)}")
-            loaded[key] = t
-    for node in onnx.load(str(bundle / "model.onnx")).graph.node:  # biases the exporter shared between
-        if node.op_type == "Gemm" and len(node.input) == 3:        # layers whose values were equal
-            w = node.input[1]
-            key = w[: -len(".weight")] + ".bias" if w.endswith(".weight") else None
-            if key in own and key not in loaded and node.input[2] in inits:
-                loaded[key] = torch.from_numpy(inits[node.input[2]].copy())
+    for graph, names in zip(graphs, _fingerprint_names(src_cfg, spec["decoding"] if spec else None)):
+        proto = onnx.load(str(bundle / graph))
+        inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        for name, v in inits.items():
+            key, transposed = names.get(name, (name, False))
+            if key in own and key not in loaded and v.dtype == np.float32:
+                t = torch.from_numpy(np.array(v.T if transposed else v))
+                if t.numel() == own[key].numel() and t.dim() != own[key].dim():
+                    t = t.reshape(own[key].shape)
+                if tuple(t.shape) != tuple(own[key].shape):
+                    raise ValueError(f"{bundle}: {name} has shape {tuple(t.shape)}, {key} wants {tuple(own[key].shape)}")
+                loaded[key] = t
+        for node in proto.graph.node:  # biases the exporter shared between layers whose values were equal
+            if node.op_type == "Gemm" and len(node.input) == 3:
+                w = node.input[1]
+                key = w[: -len(".weight")] + ".bias" if w.endswith(".weight") else None
+                if key in own and key not in loaded and node.input[2] in inits:
+                    loaded[key] = torch.from_numpy(inits[node.input[2]].copy())
     model.load_state_dict(loaded, strict=False)
     for conv, bn in _conv_bn_pairs(model):  # the bundle's conv already includes its BatchNorm
         if f"{conv}.weight" in loaded:
