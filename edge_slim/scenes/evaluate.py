@@ -37,9 +37,10 @@ def model_image(renderer: str, scene: dict):
 
 
 def has_describe(session) -> bool:
-    """Whether the session's bundle has a caption decoder (the describe head)."""
+    """Whether evaluation should score the session's caption decoder: its bundle has one, and the session is
+    not on a board over RPC (a board serves one RPC session at a time; the decoder would need a second)."""
     bundle = getattr(session, "bundle", None)
-    return bool(bundle is not None and bundle.manifest.get("describe"))
+    return bool(bundle is not None and bundle.manifest.get("describe") and getattr(session, "backend_name", "") != "rpc")
 
 
 def scene_answers(session, seed: int, index: int, renderer: str = R.DEFAULT_RENDERER,
