@@ -266,7 +266,7 @@ def test_slim_end_to_end_writes_a_bundle_that_loads_and_answers(small_teacher, t
     p = cli("slim", small_teacher, "--target", "x86-64", "-o", out, "--ratios", "heads=0.5,mlp=0.5,stem=0.5",
             "--precisions", "fp32", "--steps", "3", "--batch", "4", "--scenes", "20", "--cache-dir", tmp_path / "c",
             "--eval-samples", "2", "--bench-rounds", "1", "--threads", "1", "--alpha", "1", "--beta", "0.001",
-            "--plot", png, "--json")
+            "--plot", png, "--keep-candidates", tmp_path / "all", "--json")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert [c["tag"] for c in r["candidates"]] == ["teacher", "h50-m50-s50"]
@@ -283,6 +283,10 @@ def test_slim_end_to_end_writes_a_bundle_that_loads_and_answers(small_teacher, t
     with edge_slim.load(out) as s:
         assert s.ask(np.zeros((96, 96, 3), np.uint8), "what color is the cube?").answer
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    kept = tmp_path / "all"                          # every candidate, not only the chosen one
+    assert json.loads((kept / "report.json").read_text())["chosen"] == 1
+    with edge_slim.load(kept / "h50-m50-s50" / "fp32") as s:
+        assert s.ask(np.zeros((96, 96, 3), np.uint8), "how many cubes are there?").answer
 
 
 def test_slim_has_help_and_is_listed():

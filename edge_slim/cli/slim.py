@@ -69,10 +69,12 @@ def table(report: dict) -> str:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the frontier as a PNG (size or latency against error).")
 @click.option("--plot-x", type=click.Choice(["size", "latency"]), default="size", show_default=True)
+@click.option("--keep-candidates", "keep_dir", type=click.Path(file_okay=False), default=None,
+              help="Also keep every candidate's bundle in this directory (TAG/PRECISION) with report.json.")
 @json_option
 def slim_cmd(teacher, target, out, alpha, beta, gamma, max_size_mb, max_latency_ms, ratios, precisions, steps, batch,
              lr, importance, scenes, renderers, cache_dir, eval_samples, int8_max_drop, bench_rounds, budget_minutes,
-             seed, threads, plot_path, plot_x, as_json):
+             seed, threads, plot_path, plot_x, keep_dir, as_json):
     """Compress TEACHER (an fp32 bundle; default: the shipped SlimPajama-Tiny) into candidates, show the
     size / error / latency table with its Pareto frontier, and write the chosen one.
 
@@ -100,7 +102,8 @@ def slim_cmd(teacher, target, out, alpha, beta, gamma, max_size_mb, max_latency_
     a = SR.SlimArgs(teacher=teacher, target=target, precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
                     distill=DistillArgs(steps=steps, batch=batch, lr=lr, seed=seed), importance=importance,
                     scenes=scenes, renderers=renderers, eval_samples=eval_samples, int8_max_drop=int8_max_drop,
-                    bench_rounds=bench_rounds, budget_minutes=budget_minutes, seed=seed, threads=threads)
+                    bench_rounds=bench_rounds, budget_minutes=budget_minutes, seed=seed, threads=threads,
+                    keep_dir=keep_dir)
     if parsed:
         a.ratios = parsed
     if cache_dir:

@@ -29,7 +29,8 @@ from .distill import DistillArgs
 from .prune import Ratios
 
 DEFAULT_RATIOS = ("heads=0.25,mlp=0.25,stem=0.25", "heads=0.5,mlp=0.5,stem=0.25",
-                  "heads=0.5,mlp=0.5,stem=0.5,layers=1", "heads=0.5,mlp=0.75,stem=0.5,layers=2")
+                  "heads=0.5,mlp=0.5,stem=0.5,layers=1", "heads=0.5,mlp=0.75,stem=0.5,layers=2",
+                  "heads=0.75,mlp=0.875,stem=0.5,layers=3")     # the last: ~0.32x Tiny's parameters (Nano)
 PRECISIONS = ("fp32", "int8")
 UNSEEN = "unseen"
 
@@ -53,6 +54,7 @@ class SlimArgs:
     budget_minutes: float = 0.0                 # 0: no budget
     seed: int = 0
     threads: int | None = None                  # torch threads (None: torch's default)
+    keep_dir: str | None = None                 # keep every candidate bundle here (<tag>/<precision>), with report.json
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -162,12 +164,24 @@ def slim(a: SlimArgs, out: Path, objective: S.Objective, log: Callable[[str], No
         report = _decide(rows, objective, a, tb, skipped, renderers)
         chosen = rows[report["chosen"]]
         _write(chosen, Path(out), report, a, tb, imp.method)
+        if a.keep_dir:
+            _keep(work, Path(a.keep_dir), report)
     report["seconds"] = round(time.time() - t0, 1)
     report["bundle"] = str(out)
     if plot is not None:
         from .plot import plot_frontier
         report["plot"] = str(plot_frontier(report["candidates"], plot, plot_x))
     return report
+
+
+def _keep(work: Path, dest: Path, report: dict) -> None:
+    """Every candidate's bundle (dest/<tag>/<precision>, the teacher's int8 as teacher/int8) and the report,
+    so that a run's other points can be shipped or compared without rerunning it; replaced atomically."""
+    import json
+    with B.staging_dir(dest) as tmp:
+        for d in sorted(p for p in work.iterdir() if p.is_dir()):
+            shutil.copytree(d, tmp / d.name)
+        (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
 
 
 def _params(model) -> int:
