@@ -271,7 +271,7 @@ def test_describe_same_tokens_on_ort_and_numpy_and_both_decodings(tiny_bundle):
     spec = dict(describe_manifest(tiny_bundle[0], "prefix"), graph="prefix.onnx")
     prefix = Bundle(out.parent, {**m, "describe": spec, "files": {"prefix.onnx": {}}})
     s = edge_slim.load(out, backend="ort")
-    mem = s._run(s.prepare_image(IMG)[0], s._tokens("object", "match"))["describe_memory"]
+    mem = s.encode(IMG).state["describe_memory"]
     kv = Describer(b, backend_class("ort")).tokens(mem)
     assert Describer(prefix, backend_class("ort")).tokens(mem) == kv and C.decode_caption(kv) == got["ort"]
 

@@ -247,7 +247,7 @@ def test_aarch64_decoder_runs_under_qemu_as_on_x86(int8_bundle, work, tmp_path):
     from edge_slim.runtime.backends import backend_class
     from edge_slim.runtime.describe import Describer
     s = edge_slim.load(int8_bundle[0], backend="ort", threads=1)
-    mems = {f"m{i}": s._run(s.prepare_image(img)[0], s._tokens("object", "match"))["describe_memory"]
+    mems = {f"m{i}": s.encode(img).state["describe_memory"]
             for i, img in enumerate(scene_images(2))}
     np.savez(tmp_path / "mem.npz", **mems)
     d = Describer(s.bundle, backend_class("ort"), threads=1)

@@ -13,8 +13,9 @@ from ..errors import EdgeSlimError
 
 
 def model_option(f):
-    return click.option("--model", "-m", "model", default=None, metavar="PATH",
-                        help="Model bundle directory or archive (default: the shipped SlimPajama-Tiny).")(f)
+    return click.option("--model", "-m", "model", default=None, metavar="PATH|NAME",
+                        help="Model bundle directory or archive, or a shipped model's name (edge-slim info "
+                             "--list; default: the shipped SlimPajama-Tiny).")(f)
 
 
 def backend_option(f):

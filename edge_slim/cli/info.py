@@ -9,11 +9,20 @@ from .common import emit, json_option
 @click.command()
 @click.argument("model", required=False)
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None, help="Shipped variant to describe.")
+@click.option("--list", "list_", is_flag=True, help="List the shipped models (their names work as --model NAME).")
 @json_option
-def info(model, precision, as_json):
+def info(model, precision, list_, as_json):
     """Show a model bundle's manifest (default: the shipped SlimPajama-Tiny), after verifying it."""
     from .. import PRECISIONS
-    from ..runtime.bundle import default_model_dir, open_bundle
+    from ..runtime.bundle import default_model_dir, open_bundle, shipped_models
+    if list_:
+        rows = []
+        for name in shipped_models():
+            m = open_bundle(name).manifest
+            rows.append({"name": name, "precision": m["precision"], "mb": round(sum(f["bytes"] for f in m["files"].values()) / 1e6, 2), "describe": bool(m.get("describe"))})
+        emit(rows, as_json, "\n".join(f"{r['name']:<28} {r['precision']:<5} {r['mb']:6.2f} MB"
+                                      + ("  describe" if r["describe"] else "") for r in rows))
+        return
     if model is None and precision not in (None, "fp32"):
         model = default_model_dir().parent / PRECISIONS[precision]
     b = open_bundle(model)

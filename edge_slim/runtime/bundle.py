@@ -56,6 +56,22 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "slimpajama-tiny"
 
 
+def shipped_models() -> list[str]:
+    """Names of the bundles shipped in the package (slimpajama-tiny, slimpajama-tiny-int8, ...)."""
+    root = default_model_dir().parent
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+
+
+def resolve(path: str | os.PathLike | None) -> Path:
+    """A bundle path: None is the shipped default, a bare name that is not a path names a shipped bundle."""
+    if path is None:
+        return default_model_dir()
+    p = Path(path)
+    if not p.exists() and len(p.parts) == 1 and (default_model_dir().parent / p.name / MANIFEST).is_file():
+        return default_model_dir().parent / p.name
+    return p
+
+
 def _extract_archive(path: Path) -> Path:
     """Unpack a bundle archive into a private cache directory keyed by the archive's hash."""
     digest = sha256_file(path)[:16]
@@ -77,9 +93,10 @@ def _extract_archive(path: Path) -> Path:
 
 def open_bundle(path: str | os.PathLike | None = None, verify: bool = True) -> Bundle:
     """Open and verify a bundle directory or archive; None means the shipped SlimPajama-Tiny."""
-    p = Path(path) if path is not None else default_model_dir()
+    p = resolve(path)
     if not p.exists():
-        raise ModelError(f"model not found: {p} (pass a bundle directory, or omit --model for the shipped default)")
+        raise ModelError(f"model not found: {p} (pass a bundle directory or archive, or a shipped model's name: "
+                         f"{', '.join(shipped_models())})")
     if p.is_file():
         if p.suffix == ".onnx":
             raise ModelError(f"{p} is a bare ONNX file; `edge-slim compile` takes it, but running needs a bundle "

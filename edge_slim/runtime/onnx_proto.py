@@ -76,6 +76,11 @@ class Graph:
     initializers: dict[str, np.ndarray]
     inputs: list[ValueInfo]
     outputs: list[ValueInfo]
+    # where each message lies in Model.raw, so a part of the graph can be written out again byte for
+    # byte (write_subgraph) without an onnx or protobuf package
+    node_spans: list[tuple[int, int]] = field(default_factory=list)
+    initializer_spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    value_spans: dict[str, tuple[int, int]] = field(default_factory=dict)   # graph inputs and outputs
 
 
 @dataclass
@@ -84,6 +89,9 @@ class Model:
     opsets: dict[str, int]                  # domain ("" = ai.onnx) -> version
     graph: Graph
     producer: str = ""
+    raw: bytes = b""                        # the serialized ModelProto the spans point into
+    opset_spans: list[tuple[int, int]] = field(default_factory=list)
+    function_spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 class _Reader:
@@ -406,18 +414,20 @@ def _graph(r: _Reader, span: tuple[int, int]) -> Graph:
             continue
         if num == 1:
             g.nodes.append(_node(r, val, len(g.nodes)))
+            g.node_spans.append(val)
         elif num == 2:
             g.name = r.string(val)
         elif num == 5:
             name, arr = _tensor(r, val, "initializer")
             g.initializers[name] = arr
+            g.initializer_spans[name] = val
         elif num == 15:
             raise ModelError(f"{r.where}: the graph has sparse initializers, which the NumPy backend does not "
                              "support")
-        elif num == 11:
-            g.inputs.append(_value_info(r, val))
-        elif num == 12:
-            g.outputs.append(_value_info(r, val))
+        elif num == 11 or num == 12:
+            vi = _value_info(r, val)
+            (g.inputs if num == 11 else g.outputs).append(vi)
+            g.value_spans[vi.name] = val
     return g
 
 
@@ -425,6 +435,7 @@ def parse_model(data: bytes, where: str = "model") -> Model:
     """Decode serialized ModelProto bytes; ModelError if they are not a usable ONNX model."""
     r = _Reader(bytes(data), where)
     ir_version, producer, opsets, graph = 0, "", {}, None
+    opset_spans, function_spans = [], []
     for num, wt, val in r.fields(0, len(r.buf)):
         if num == 1 and wt == _VARINT:
             ir_version = _signed64(val)
@@ -438,15 +449,19 @@ def parse_model(data: bytes, where: str = "model") -> Model:
                 elif onum == 2 and owt == _VARINT:
                     version = _signed64(oval)
             opsets["" if domain == "ai.onnx" else domain] = version
+            opset_spans.append(val)
         elif num == 7 and wt == _LEN:
             graph = _graph(r, val)
+        elif num == 25 and wt == _LEN:
+            function_spans.append(val)
     if graph is None:
         raise r.fail("no graph")
     if ir_version <= 0:
         raise r.fail("no ir_version")
     if not graph.outputs:
         raise r.fail("the graph has no outputs")
-    return Model(ir_version=ir_version, opsets=opsets, graph=graph, producer=producer)
+    return Model(ir_version=ir_version, opsets=opsets, graph=graph, producer=producer, raw=r.buf,
+                 opset_spans=opset_spans, function_spans=function_spans)
 
 
 def load_model(path: str | Path) -> Model:
@@ -456,3 +471,67 @@ def load_model(path: str | Path) -> Model:
     except OSError as e:
         raise ModelError(f"{path}: cannot read the model ({e.strerror or e})") from None
     return parse_model(data, str(path))
+
+
+# -- writing a part of a graph back out -------------------------------------------------------------
+def _varint_bytes(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def _len_field(num: int, payload: bytes) -> bytes:
+    return _varint_bytes(num << 3 | _LEN) + _varint_bytes(len(payload)) + payload
+
+
+def dtype_code(dtype) -> int:
+    """The ONNX TensorProto.DataType of a NumPy dtype (the inverse of onnx_dtype)."""
+    dt = np.dtype(dtype).newbyteorder("=")
+    for code, d in DTYPES.items():
+        if d.newbyteorder("=") == dt:
+            return code
+    raise ModelError(f"no ONNX data type for {dt}")
+
+
+def tensor_value_info(name: str, elem_type: int | None = None, shape: tuple[int, ...] | None = None) -> bytes:
+    """A serialized ValueInfoProto: a tensor of `elem_type` (shape None: unknown rank), or with no elem_type
+    a bare name (no type; ONNX Runtime accepts such graph outputs and infers them)."""
+    if elem_type is None:
+        return _len_field(1, name.encode())
+    tt = _varint_bytes(1 << 3 | _VARINT) + _varint_bytes(elem_type)
+    if shape is not None:
+        dims = b"".join(_len_field(1, _varint_bytes(1 << 3 | _VARINT) + _varint_bytes(int(d))) for d in shape)
+        tt += _len_field(2, dims)
+    return _len_field(1, name.encode()) + _len_field(2, _len_field(1, tt))
+
+
+def write_subgraph(model: Model, nodes: list[int], inputs: list[str | bytes], outputs: list[str | bytes],
+                   name: str = "part") -> bytes:
+    """A serialized ModelProto holding nodes `nodes` (indices into model.graph.nodes, in order) of `model`,
+    the initializers they read, and the given graph inputs/outputs: a name copies the original graph's
+    ValueInfo, bytes are a ValueInfoProto (tensor_value_info) for a tensor that was internal."""
+    g, raw = model.graph, model.raw
+    if not raw:
+        raise ModelError("this model was not parsed from bytes; it cannot be written back")
+
+    def value(v: str | bytes) -> bytes:
+        if isinstance(v, bytes):
+            return v
+        if v not in g.value_spans:
+            raise ModelError(f"{v!r} is not a graph input or output; pass its ValueInfo")
+        a, b = g.value_spans[v]
+        return raw[a:b]
+
+    used = {i for k in nodes for i in g.nodes[k].inputs if i in g.initializer_spans}
+    parts = [_len_field(1, raw[slice(*g.node_spans[k])]) for k in nodes]
+    parts.append(_len_field(2, name.encode()))
+    parts += [_len_field(5, raw[slice(*g.initializer_spans[n])]) for n in g.initializer_spans if n in used]
+    parts += [_len_field(11, value(v)) for v in inputs] + [_len_field(12, value(v)) for v in outputs]
+    head = _varint_bytes(1 << 3 | _VARINT) + _varint_bytes(model.ir_version) + _len_field(2, model.producer.encode())
+    opsets = b"".join(_len_field(8, raw[slice(*s)]) for s in model.opset_spans)
+    funcs = b"".join(_len_field(25, raw[slice(*s)]) for s in model.function_spans)
+    return head + opsets + _len_field(7, b"".join(parts)) + funcs

@@ -3,6 +3,10 @@
 One Session can be shared between threads: it holds no per-call state, and every
 backend's `run` is thread-safe.
 
+An image can be encoded once (`encode`) and asked, matched, located and described any number of times:
+the backends that can (ort, numpy) run the graph's image part once and only its text part per text
+(edge_slim.runtime.split); the others run the whole graph per text, with the same answers.
+
 `ask` only answers with words of the type the question asks for: the question's opening words
 give its family (edge_slim.scenes.families) and the answer head is restricted to that family's
 answers before the softmax, so a colour question never gets a number.
@@ -59,6 +63,16 @@ class Location:
         return asdict(self)
 
 
+@dataclass(eq=False)
+class EncodedImage:
+    """An image as Session.encode left it: the image part's tensors (or, on a backend that cannot cut its
+    graph, the prepared input), for any number of ask / match / locate / describe calls on that Session."""
+    size: tuple[int, int]                     # (width, height) of the decoded image
+    state: dict | None                        # the image part's outputs (edge_slim.runtime.split)
+    pixels: np.ndarray                        # the model input [1,3,S,S]
+    owner: int                                # id of the Session that encoded it
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()
@@ -105,11 +119,25 @@ class Session:
         x, wh = prepare(image, self.size)
         return x[None], wh
 
+    def encode(self, image: ImageLike | EncodedImage) -> EncodedImage:
+        """Decode, preprocess and run the image part once; pass the result to ask / match / locate /
+        describe instead of the image to skip that work on every call."""
+        if isinstance(image, EncodedImage):
+            if image.owner != id(self):
+                raise BadInputError("this image was encoded by another session; encode it with this one")
+            return image
+        x, wh = self.prepare_image(image)
+        split = getattr(self.backend, "split", None)
+        state = self.backend.encode({"image": x}) if split is not None and split() is not None else None
+        return EncodedImage(wh, state, x, id(self))
+
     def _tokens(self, text: str, task: str) -> np.ndarray:
         return self.tokenizer.encode(text, task)[None]
 
-    def _run(self, image: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
-        return self.backend.run({"image": image, "tokens": tokens})
+    def _run(self, image: EncodedImage, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        if image.state is not None:
+            return self.backend.run_text(image.state, {"tokens": tokens})
+        return self.backend.run({"image": image.pixels, "tokens": tokens})
 
     def _answer_probs(self, logits: np.ndarray, question: str) -> np.ndarray:
         """Softmax over the answers of the question's type only (the others get probability 0)."""
@@ -121,10 +149,10 @@ class Session:
         return p
 
     # -- tasks -------------------------------------------------------------------------------
-    def ask(self, image: ImageLike, question: str | Sequence[str], top_k: int = 5):
-        """Answer a question (or a list of questions, decoding the image once) about an image."""
+    def ask(self, image: ImageLike | EncodedImage, question: str | Sequence[str], top_k: int = 5):
+        """Answer a question (or a list of questions, encoding the image once) about an image."""
         t0 = time.perf_counter()
-        x, _ = self.prepare_image(image)
+        x = self.encode(image)
         many = not isinstance(question, str)
         qs = list(question) if many else [question]
         if not qs:
@@ -141,28 +169,29 @@ class Session:
             a.latency_ms = round(ms, 3)
         return out if many else out[0]
 
-    def match(self, image: ImageLike, texts: Sequence[str]) -> Match:
+    def match(self, image: ImageLike | EncodedImage, texts: Sequence[str]) -> Match:
         """Score how well each text describes the image; `best` is the index of the best one."""
         t0 = time.perf_counter()
         if isinstance(texts, str) or not texts:
             raise BadInputError("match needs a list of one or more texts")
-        x, _ = self.prepare_image(image)
+        x = self.encode(image)
         toks = [self._tokens(t, "match") for t in texts]
         logits = np.array([float(self._run(x, tk)["match_logit"][0]) for tk in toks])
         scores = 1.0 / (1.0 + np.exp(-logits))
         return Match([round(float(s), 6) for s in scores], int(np.argmax(logits)),
                      round((time.perf_counter() - t0) * 1000, 3), self.backend_name)
 
-    def locate(self, image: ImageLike, phrase: str) -> Location:
+    def locate(self, image: ImageLike | EncodedImage, phrase: str) -> Location:
         """Find the object a referring expression names ('the small red cube')."""
         t0 = time.perf_counter()
-        x, (w, h) = self.prepare_image(image)
+        x = self.encode(image)
+        w, h = x.size
         o = self._run(x, self._tokens(phrase, "locate"))
         b = np.clip(o["box"][0].astype(np.float64), 0.0, 1.0) * [w, h, w, h]
         return Location([round(float(v), 2) for v in b], round(float(o["box_score"][0]), 6),
                         round((time.perf_counter() - t0) * 1000, 3), self.backend_name)
 
-    def describe(self, image: ImageLike) -> Description:
+    def describe(self, image: ImageLike | EncodedImage) -> Description:
         """A caption of the image in the scene grammar's words: every object with its size, colour and
         shape, left to right, each with its relation to the one before (docs/scenes.md, Scene descriptions)."""
         t0 = time.perf_counter()
@@ -171,22 +200,25 @@ class Session:
                 self._describer = Describer(self.bundle, backend_class(self.backend_name), threads=self._threads,
                                             backend_options=self._backend_options)
         d = self._describer
-        x, _ = self.prepare_image(image)
-        memory = self._run(x, self._tokens("object", "match"))[d.spec["memory_output"]]
+        x = self.encode(image)
+        key = d.spec["memory_output"]
+        memory = x.state[key] if x.state and key in x.state else self._run(x, self._tokens("object", "match"))[key]
         from ..scenes.caption import decode_caption, parse_caption
         text = decode_caption(d.tokens(memory), d.vocab)
         return Description(text, parse_caption(text, strict=False).objects,
                            round((time.perf_counter() - t0) * 1000, 3), self.backend_name)
 
-    def embed_image(self, image: ImageLike) -> np.ndarray:
+    def embed_image(self, image: ImageLike | EncodedImage) -> np.ndarray:
         """Unit-norm image embedding (contrastively trained with embed_text) for retrieval."""
-        x, _ = self.prepare_image(image)
-        dummy = self._tokens("object", "match")
-        return self._run(x, dummy)["image_embed"][0].copy()
+        x = self.encode(image)
+        if x.state is not None and "image_embed" in x.state:
+            return np.array(x.state["image_embed"][0])
+        return self._run(x, self._tokens("object", "match"))["image_embed"][0].copy()
 
     def embed_text(self, text: str) -> np.ndarray:
         """Unit-norm text embedding; cosine with embed_image ranks images for a text."""
-        return self._run(self._blank_image, self._tokens(text, "match"))["text_embed"][0].copy()
+        blank = EncodedImage((self.size, self.size), None, self._blank_image, id(self))
+        return self._run(blank, self._tokens(text, "match"))["text_embed"][0].copy()
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

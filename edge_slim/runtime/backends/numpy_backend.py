@@ -856,7 +856,7 @@ class NumpyBackend:
         self.inputs = [vi for vi in g.inputs if vi.name not in consts]
         self.output_names = [vi.name for vi in g.outputs]
         known = set(consts) | {vi.name for vi in self.inputs}
-        steps = []
+        steps, step_nodes = [], []
         for i, node in enumerate(g.nodes):
             step = _bind(node, i, opset, self._ops)
             missing = [n for n in node.inputs if n and n not in known]
@@ -868,11 +868,19 @@ class NumpyBackend:
                 self._fold(step, consts)
             else:
                 steps.append(step)
+                step_nodes.append(i)
         missing = [n for n in self.output_names if n not in known]
         if missing:
             raise ModelError(f"{self._where}: graph output(s) {', '.join(missing)} are never produced")
         self._consts = consts
         self._steps = tuple(steps)
+        # image once, many texts (edge_slim.runtime.split): the same steps, cut in two
+        from ..split import plan_split
+        self._split = plan_split(g)
+        if self._split is not None:
+            by_node = dict(zip(step_nodes, steps))
+            self._image_steps = tuple(by_node[k] for k in self._split.image_nodes if k in by_node)
+            self._text_steps = tuple(by_node[k] for k in self._split.text_nodes if k in by_node)
 
     def _fold(self, step: _Step, consts: dict) -> None:
         """Evaluate a node whose inputs are all constants once, now (weights transposes, DQ of weights...)."""
@@ -884,13 +892,16 @@ class NumpyBackend:
                 consts[name] = _freeze(values[name])
 
     # -- run -------------------------------------------------------------------------------
-    def _check_feeds(self, feeds: dict) -> dict[str, np.ndarray]:
-        names = {vi.name for vi in self.inputs}
+    def _check_feeds(self, feeds: dict, names: set[str] | None = None) -> dict[str, np.ndarray]:
+        """`feeds` checked against the graph's inputs (or those of them in `names`)."""
+        names = {vi.name for vi in self.inputs} if names is None else names
         extra = sorted(set(feeds) - names)
         if extra:
             raise BadInputError(f"unknown model input(s): {', '.join(extra)} (expected {', '.join(sorted(names))})")
         out = {}
         for vi in self.inputs:
+            if vi.name not in names:
+                continue
             if vi.name not in feeds:
                 raise BadInputError(f"missing model input {vi.name!r}")
             a = np.asarray(feeds[vi.name])
@@ -901,6 +912,30 @@ class NumpyBackend:
                 raise BadInputError(f"input {vi.name!r} must have shape {list(vi.shape)}, got {list(a.shape)}")
             out[vi.name] = a
         return out
+
+    def split(self):
+        """The Split `encode` / `run_text` use (None: the graph has no image/text cut)."""
+        return self._split
+
+    def encode(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the image part's steps: -> the cut tensors and the image-only outputs."""
+        sp = self._split
+        values = dict(self._consts)
+        values.update(self._check_feeds(feeds, {"image"}))
+        with np.errstate(all="ignore"):
+            for step in self._image_steps:
+                step(values)
+        return {n: values[n] for n in sp.cut + sp.image_outputs}
+
+    def run_text(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the text part's steps on an encoded image: -> every graph output, as `run` returns them."""
+        values = dict(self._consts)
+        values.update(state)
+        values.update(self._check_feeds(feeds, {vi.name for vi in self.inputs} - {"image"}))
+        with np.errstate(all="ignore"):
+            for step in self._text_steps:
+                step(values)
+        return {name: np.array(values[name]) for name in self.output_names}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Execute the graph on `feeds`; returns fresh arrays keyed by the graph's output names."""

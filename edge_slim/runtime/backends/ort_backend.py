@@ -3,6 +3,10 @@
 Each backend counts as one live session in edge_slim.runtime.threads; while another session is alive
 in the process its thread pool stops spinning when a call returns (see that module for why), which
 ONNX Runtime only reads when a session is created: the InferenceSession is rebuilt when that changes.
+
+Image once, many texts (edge_slim.runtime.split): on the first `encode` the bundle's graph is cut into its
+image part and its text part, each an InferenceSession on a subgraph written back from the bundle's bytes.
+The image part's pool always stops spinning when its call returns, since the text part runs next.
 """
 from __future__ import annotations
 
@@ -45,6 +49,8 @@ class OrtBackend:
         self._swap_lock = threading.Lock()
         self._requests = itertools.count(1)
         self._swapped = 0
+        self._parts = None                    # (image session, text session, Split), built on the first encode
+        self._part_graphs: tuple[bytes, bytes] | None = None
         self._lease = T.SESSIONS.join(self)
         try:
             self._ensure(T.SESSIONS.current())
@@ -60,15 +66,69 @@ class OrtBackend:
             if want == self.config:
                 self._swapped = max(self._swapped, request)
                 return
+        sess = self._session(self.model_path, want)
+        parts = self._part_sessions(want) if self._part_graphs is not None else None
+        with self._swap_lock:
+            if request > self._swapped:         # calls in flight keep the session they started on
+                self.sess, self.config, self._swapped = sess, want, request
+                if parts is not None:
+                    self._parts = (*parts, self._parts[2])
+
+    def _session(self, model, config: dict) -> ort.InferenceSession:
         try:
-            sess = ort.InferenceSession(self.model_path, session_options(self.threads, want),
+            return ort.InferenceSession(model, session_options(self.threads, config),
                                         providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for bad graphs
             raise ModelError(f"{self.model_path}: ONNX Runtime cannot load it "
                              f"({str(e).splitlines()[0]})") from None
-        with self._swap_lock:
-            if request > self._swapped:         # calls in flight keep the session they started on
-                self.sess, self.config, self._swapped = sess, want, request
+
+    def _part_sessions(self, config: dict):
+        image_cfg = {**config, **(T.ORT_SHARED_CONFIG if self.threads != 1 else {})}
+        return self._session(self._part_graphs[0], image_cfg), self._session(self._part_graphs[1], config)
+
+    # -- image once, many texts ---------------------------------------------------------------
+    def split(self):
+        """The Split this backend encodes with (None: the graph has no image/text cut); builds it once."""
+        if self._parts is None and self._part_graphs is None:
+            with self._swap_lock:
+                if self._part_graphs is None:
+                    self._build_parts()
+        return self._parts[2] if self._parts else None
+
+    def _build_parts(self) -> None:
+        from ..onnx_proto import dtype_code, load_model, tensor_value_info, write_subgraph
+        from ..split import plan_split
+        model = load_model(self.model_path)
+        sp = plan_split(model.graph)
+        if sp is None:
+            self._part_graphs = (b"", b"")
+            return
+        untyped = [tensor_value_info(c) for c in sp.cut]
+        image_graph = write_subgraph(model, list(sp.image_nodes), ["image"], untyped + list(sp.image_outputs),
+                                     "image_part")
+        probe = self._session(image_graph, {})
+        shapes = {i.name: i.shape for i in model.graph.inputs}
+        feed = {"image": np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in shapes["image"]], np.float32)}
+        got = dict(zip([o.name for o in probe.get_outputs()], probe.run(None, feed)))
+        typed = [tensor_value_info(c, dtype_code(got[c].dtype), got[c].shape) for c in sp.cut]
+        image_graph = write_subgraph(model, list(sp.image_nodes), ["image"], typed + list(sp.image_outputs),
+                                     "image_part")
+        text_graph = write_subgraph(model, list(sp.text_nodes), typed + ["tokens"], list(sp.text_outputs), "text_part")
+        self._part_graphs = (image_graph, text_graph)
+        self._parts = (*self._part_sessions(self.config or {}), sp)
+
+    def encode(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the image part: -> the cut tensors and the image-only outputs (Session.encode keeps them)."""
+        image_sess, _, sp = self._parts
+        names = list(sp.cut + sp.image_outputs)
+        return dict(zip(names, image_sess.run(names, feeds)))
+
+    def run_text(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the text part on an encoded image: -> every graph output, as `run` returns them."""
+        _, text_sess, sp = self._parts
+        out = dict(zip(sp.text_outputs, text_sess.run(list(sp.text_outputs), {**{c: state[c] for c in sp.cut},
+                                                                                **feeds})))
+        return {n: out[n] if n in out else state[n] for n in self.output_names}
 
     def apply_threads_policy(self, p: T.Policy) -> None:
         """Called by the registry when another session opens or closes (see edge_slim.runtime.threads)."""

@@ -1,0 +1,130 @@
+"""Image once, many texts (edge_slim.runtime.split): the graph cut into its image part and its text part.
+
+Oracle: the whole graph on the same backend (`backend.run`), which is what every call ran before.
+"""
+import numpy as np
+import pytest
+
+import edge_slim
+from conftest import EXAMPLES, shipped_dir
+from edge_slim.errors import BadInputError
+from edge_slim.runtime import bundle as B
+from edge_slim.runtime.backends import available, backend_class
+from edge_slim.runtime.onnx_proto import dtype_code, load_model, parse_model, tensor_value_info, write_subgraph
+from edge_slim.runtime.split import plan_split
+
+BACKENDS = [b for b in ("ort", "numpy") if available(b)]
+MODELS = ["slimpajama-tiny", "slimpajama-tiny-int8"]
+IMAGES = [EXAMPLES / "images" / "scene1.png", EXAMPLES / "images" / "renderers" / "raycast-0.png"]
+QUESTIONS = ["how many cubes are there?", "what color is the large sphere?", "is there a cylinder?",
+             "what shape is the red object?", "what size is the blue object?", "is there a green cone?",
+             "how many objects are there?", "what color is the cube?"]
+
+
+def model_path(name):
+    return shipped_dir().parent / name / "model.onnx"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_plan_cuts_between_image_and_text(name):
+    g = load_model(model_path(name)).graph
+    sp = plan_split(g)
+    assert sp is not None and sp.cut
+    assert set(sp.image_outputs) == {"image_embed", "describe_memory"}
+    assert set(sp.text_outputs) == {"answer_logits", "match_logit", "box", "box_score", "text_embed"}
+    assert not set(sp.image_nodes) & set(sp.text_nodes)
+    # no image-part node reads the tokens, directly or through another node
+    reads_tokens = set()
+    for k, n in enumerate(g.nodes):
+        if "tokens" in n.inputs or any(i in reads_tokens for i in n.inputs):
+            reads_tokens.update(n.outputs)
+            assert k not in sp.image_nodes
+    produced = {o for k in sp.image_nodes for o in g.nodes[k].outputs}
+    assert set(sp.cut) <= produced and not set(sp.cut) & reads_tokens
+    # the text part reads nothing of the image except the cut
+    image_side = produced - set(sp.cut)
+    assert not {i for k in sp.text_nodes for i in g.nodes[k].inputs} & (image_side | {"image"})
+
+
+def test_no_cut_without_both_inputs():
+    g = load_model(model_path("slimpajama-tiny")).graph
+    g.inputs = [vi for vi in g.inputs if vi.name != "tokens"]
+    assert plan_split(g) is None
+
+
+def test_written_subgraph_is_a_valid_model():
+    m = load_model(model_path("slimpajama-tiny-int8"))
+    sp = plan_split(m.graph)
+    outs = [tensor_value_info(c) for c in sp.cut] + list(sp.image_outputs)
+    data = write_subgraph(m, list(sp.image_nodes), ["image"], outs, "image_part")
+    back = parse_model(data, "image part")
+    assert [vi.name for vi in back.graph.inputs] == ["image"]
+    assert [vi.name for vi in back.graph.outputs] == list(sp.cut + sp.image_outputs)
+    assert len(back.graph.nodes) == len(sp.image_nodes) and back.opsets == m.opsets
+    used = {i for n in back.graph.nodes for i in n.inputs}
+    assert set(back.graph.initializers) <= used                  # only the initializers the part reads
+    for k, v in back.graph.initializers.items():
+        assert np.array_equal(v, m.graph.initializers[k])
+    onnx = pytest.importorskip("onnx")
+    state = backend_class("numpy")(B.open_bundle(model_path("slimpajama-tiny-int8").parent)).encode(
+        {"image": np.zeros((1, 3, 96, 96), np.float32)})
+    typed = write_subgraph(m, list(sp.image_nodes), ["image"],
+                           [tensor_value_info(c, dtype_code(state[c].dtype), state[c].shape) for c in sp.cut]
+                           + list(sp.image_outputs))
+    onnx.checker.check_model(onnx.load_from_string(typed))
+
+
+def feeds(seed):
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros((1, 16), np.int64)
+    tokens[0, 0] = 2
+    tokens[0, 1:8] = rng.integers(5, 40, 7)
+    return rng.standard_normal((1, 3, 96, 96)).astype(np.float32), tokens
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", MODELS)
+def test_parts_compute_what_the_whole_graph_does(backend, name):
+    be = backend_class(backend)(B.open_bundle(shipped_dir().parent / name), threads=1)
+    assert be.split() is not None
+    for seed in range(3):
+        image, tokens = feeds(seed)
+        whole = be.run({"image": image, "tokens": tokens})
+        parts = be.run_text(be.encode({"image": image}), {"tokens": tokens})
+        assert set(parts) == set(whole)
+        for k in whole:
+            if backend == "numpy":
+                assert np.array_equal(parts[k], whole[k]), k       # the same steps on the same values
+            else:   # ORT fuses the float ops next to the cut differently: rounding only
+                np.testing.assert_allclose(parts[k], whole[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        assert np.argmax(parts["answer_logits"]) == np.argmax(whole["answer_logits"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", MODELS)
+def test_encoded_image_answers_as_the_whole_graph(backend, name):
+    s = edge_slim.load(shipped_dir().parent / name, backend=backend, threads=1)
+    for img in IMAGES:
+        enc = s.encode(img)
+        assert enc.state is not None
+        x = s.prepare_image(img)[0]
+        many = s.ask(img, QUESTIONS)
+        for q, a, b in zip(QUESTIONS, many, s.ask(enc, QUESTIONS)):
+            whole = s.backend.run({"image": x, "tokens": s._tokens(q, "ask")})
+            p = s._answer_probs(whole["answer_logits"][0].astype(np.float64), q)
+            assert a.answer == b.answer == s.answers[int(np.argmax(p))]
+            assert abs(a.score - float(p.max())) < 1e-5
+        texts = ["a red cube", "a small blue sphere", "two cylinders"]
+        m = s.match(enc, texts)
+        want = [float(s.backend.run({"image": x, "tokens": s._tokens(t, "match")})["match_logit"][0]) for t in texts]
+        assert m.best == int(np.argmax(want))
+        assert s.locate(enc, "the red cube").box == s.locate(img, "the red cube").box
+        assert s.describe(enc).text == s.describe(img).text
+        np.testing.assert_allclose(s.embed_image(enc), s.embed_image(img), atol=1e-6)
+
+
+def test_an_encoded_image_belongs_to_its_session():
+    a, b = edge_slim.load(), edge_slim.load()
+    enc = a.encode(IMAGES[0])
+    with pytest.raises(BadInputError, match="another session"):
+        b.ask(enc, "is there a cube?")
