@@ -283,8 +283,11 @@ def test_slim_end_to_end_writes_a_bundle_that_loads_and_answers(small_teacher, t
     with edge_slim.load(out) as s:
         assert s.ask(np.zeros((96, 96, 3), np.uint8), "what color is the cube?").answer
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (out / "MODEL_CARD.md").read_text()      # written from the lineage, checksummed with the rest
+    assert "heads 50%" in card and "| unseen |" in card and "MODEL_CARD.md" in m["files"]
     kept = tmp_path / "all"                          # every candidate, not only the chosen one
     assert json.loads((kept / "report.json").read_text())["chosen"] == 1
+    assert json.loads((kept / "h50-m50-s50" / "fp32" / "manifest.json").read_text())["slim"]["tag"] == "h50-m50-s50"
     with edge_slim.load(kept / "h50-m50-s50" / "fp32") as s:
         assert s.ask(np.zeros((96, 96, 3), np.uint8), "how many cubes are there?").answer
 

@@ -128,3 +128,38 @@ def test_an_encoded_image_belongs_to_its_session():
     enc = a.encode(IMAGES[0])
     with pytest.raises(BadInputError, match="another session"):
         b.ask(enc, "is there a cube?")
+
+
+@pytest.mark.slow
+def test_compiled_artifact_has_parts_that_compute_what_model_so_does():
+    pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
+    from compile_helpers import compiled
+    out = compiled("x86-64")
+    m = B.open_bundle(out).manifest
+    assert set(m["split"]) == {"image", "text"} and {"image.so", "text.so"} <= set(m["files"])
+    be = backend_class("tvm")(B.open_bundle(out), threads=1)
+    sp = be.split()
+    assert sp is not None and set(sp.image_outputs) == {"image_embed", "describe_memory"}
+    for seed in range(2):
+        image, tokens = feeds(seed)
+        whole = be.run({"image": image, "tokens": tokens})
+        parts = be.run_text(be.encode({"image": image}), {"tokens": tokens})
+        for k in whole:
+            np.testing.assert_allclose(parts[k], whole[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    s = edge_slim.load(out, backend="tvm", threads=1)
+    o = edge_slim.load(backend="ort", threads=1)
+    assert [a.answer for a in s.ask(IMAGES[1], QUESTIONS)] == [a.answer for a in o.ask(IMAGES[1], QUESTIONS)]
+
+
+def test_compile_no_split_leaves_the_parts_out(tmp_path):
+    pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
+    from conftest import cli
+    p = cli("compile", "slimpajama-tiny-int8", "-t", "x86-64", "--no-split", "-o", tmp_path / "a", "--json")
+    assert p.returncode == 0, p.stderr
+    m = B.open_bundle(tmp_path / "a").manifest
+    assert "split" not in m and "image.so" not in m["files"]
+    s = edge_slim.load(tmp_path / "a", backend="tvm", threads=1)
+    enc = s.encode(IMAGES[0])
+    assert enc.state is None                         # whole-graph calls, the same answers
+    o = edge_slim.load("slimpajama-tiny-int8", backend="ort", threads=1)
+    assert s.ask(enc, QUESTIONS[0]).answer == o.ask(IMAGES[0], QUESTIONS[0]).answer

@@ -80,7 +80,7 @@ class Job:
 # ---------------------------------------------------------------- phases
 def phase_load(job: Job):
     import onnx
-    src = job.source
+    src = B.resolve(job.source) if job.source is not None else None
     if job.bundle is not None:  # a view of an opened bundle (the describe graph, see describe_job)
         job.onnx_path = job.bundle.model_path
     elif src is None or src.is_dir() or (src.is_file() and src.suffix != ".onnx"):
@@ -386,8 +386,11 @@ def compile_model(source: str | os.PathLike | None, target: str, *, precision: s
                   recipe: str | None = None, debug_dump: str | os.PathLike | None = None,
                   tuning_dir: str | os.PathLike | None = None, dynamic: dict[str, int] | None = None,
                   binds: dict[str, object] | None = None, preprocess: dict | None = None,
-                  progress: Callable[[dict], None] | None = None) -> dict:
+                  progress: Callable[[dict], None] | None = None, split: bool = True) -> dict:
     """Compile `source` for `target`; returns the written bundle's manifest plus its path.
+
+    `split` (SlimPajama bundles) also compiles the graph's image and text parts (aot/lower_split.py), so that
+    a session encodes an image once for many texts.
 
     `input_shapes` fixes dynamic dimensions, `dynamic` keeps named ones symbolic ({dim: upper bound}),
     `binds` turns inputs into constants ({input: value}), `preprocess` (an image spec, see
@@ -403,17 +406,24 @@ def compile_model(source: str | os.PathLike | None, target: str, *, precision: s
               binds=dict(binds or {}), preprocess=preprocess)
     job.out = Path(out) if out else default_output(src, tgt, job)
     t_start = time.perf_counter()
-    describe = None
+    describe, parts = None, []
     try:
         run_phases(job, progress)
         describe = describe_job(job)
         if describe is not None:
             run_phases(describe, progress, "describe:")
-        manifest = write_compiled_bundle(job, time.perf_counter() - t_start, describe)
+        if split:
+            from .lower_split import part_jobs
+            parts = part_jobs(job) or []
+            for p in parts:
+                run_phases(p, progress, f"{Path(p.lib_name).stem} part:")
+        manifest = write_compiled_bundle(job, time.perf_counter() - t_start, describe, parts)
     finally:
-        for j in (job, describe):
+        for j in (job, describe, *parts):
             if j is not None and j.workdir is not None:
                 shutil.rmtree(j.workdir, ignore_errors=True)
+        if parts:
+            shutil.rmtree(parts[0].bundle.path, ignore_errors=True)   # the part graphs' folder
     return {**manifest, "path": str(job.out)}
 
 
@@ -470,7 +480,7 @@ def check_toolchain(tgt: T.Target) -> None:
         raise MissingDependencyError(f"target {tgt.name} needs: " + "; ".join(st["missing"]))
 
 
-def write_compiled_bundle(job: Job, total_s: float, describe: Job | None = None) -> dict:
+def write_compiled_bundle(job: Job, total_s: float, describe: Job | None = None, parts: list | None = None) -> dict:
     import tvm
     import tvm_ffi
     src_manifest = job.bundle.manifest if job.bundle else {}
@@ -504,10 +514,15 @@ def write_compiled_bundle(job: Job, total_s: float, describe: Job | None = None)
         manifest["describe"] = {**src_manifest["describe"], "graph": DESCRIBE_LIB, "precision": describe.precision,
                                 "source_sha256": B.sha256_file(describe.onnx_path),
                                 "compile": {"flags": describe.flags, "phases": describe.phases}}
+    if parts:
+        from .lower_split import manifest_entry
+        manifest["split"] = manifest_entry(parts)
     with B.staging_dir(job.out) as tmp:
         shutil.copy2(job.workdir / "model.so", tmp / "model.so")
         if describe is not None:
             shutil.copy2(describe.workdir / DESCRIBE_LIB, tmp / DESCRIBE_LIB)
+        for p in parts or ():
+            shutil.copy2(p.workdir / p.lib_name, tmp / p.lib_name)
         manifest = B.write_manifest(tmp, manifest)
     return manifest
 

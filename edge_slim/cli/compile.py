@@ -41,9 +41,12 @@ def _progress(ev: dict) -> None:
 @click.option("--recipe", default=None, help="Recipe from compile/ (default: the target's).")
 @click.option("--debug-dump", default=None, metavar="DIR", help="Write the IR after each phase to DIR.")
 @click.option("--tuning-dir", default=None, metavar="DIR", help="Where tuning databases live.")
+@click.option("--no-split", is_flag=True,
+              help="Do not also compile the image and text parts (SlimPajama; a session then re-runs the image "
+                   "tower for every question about an image).")
 @json_option
 def compile_cmd(model, target, precision, out, tune_trials, input_shapes, dynamic, binds, preprocess, cuda_arch,
-                recipe, debug_dump, tuning_dir, as_json):
+                recipe, debug_dump, tuning_dir, no_split, as_json):
     """Compile MODEL (a bundle or .onnx; default the shipped SlimPajama-Tiny) for a device."""
     from ..aot.lower import compile_model, parse_shapes
     from ..targets import get_target
@@ -64,7 +67,7 @@ def compile_cmd(model, target, precision, out, tune_trials, input_shapes, dynami
         m = compile_model(model, tgt.name, precision=precision, out=out, tune_trials=tune_trials,
                           input_shapes=shapes, dynamic=dyn, binds=bound, preprocess=prep, cuda_arch=cuda_arch,
                           recipe=recipe, debug_dump=debug_dump, tuning_dir=tuning_dir,
-                          progress=None if as_json else _progress)
+                          progress=None if as_json else _progress, split=not no_split)
     finally:
         if _open_line[0]:  # an error ends the phase's line, so that it is a line of its own
             click.echo("", err=True)

@@ -56,7 +56,7 @@ def decoder_view(bundle):
     `describe` entry (a compiled backend allocates its input tensors from them)."""
     spec = bundle.manifest["describe"]
     view = bundle.graph(spec["graph"], "describe")
-    view.manifest = {**view.manifest, "inputs": spec["inputs"], "outputs": spec["outputs"]}
+    view.manifest = {**view.manifest, "inputs": spec["inputs"], "outputs": spec["outputs"], "split": None}
     return view
 
 

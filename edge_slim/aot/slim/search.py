@@ -162,10 +162,10 @@ def slim(a: SlimArgs, out: Path, objective: S.Objective, log: Callable[[str], No
                                         "nothing written")
         _latency(rows, a, log)
         report = _decide(rows, objective, a, tb, skipped, renderers)
-        chosen = rows[report["chosen"]]
-        _write(chosen, Path(out), report, a, tb, imp.method)
+        i = report["chosen"]
+        _write(rows[i], report["candidates"][i], Path(out), report, a, tb, imp.method)
         if a.keep_dir:
-            _keep(work, Path(a.keep_dir), report)
+            _keep(rows, Path(a.keep_dir), report, a, tb, imp.method)
     report["seconds"] = round(time.time() - t0, 1)
     report["bundle"] = str(out)
     if plot is not None:
@@ -174,13 +174,15 @@ def slim(a: SlimArgs, out: Path, objective: S.Objective, log: Callable[[str], No
     return report
 
 
-def _keep(work: Path, dest: Path, report: dict) -> None:
-    """Every candidate's bundle (dest/<tag>/<precision>, the teacher's int8 as teacher/int8) and the report,
-    so that a run's other points can be shipped or compared without rerunning it; replaced atomically."""
+def _keep(rows: list[dict], dest: Path, report: dict, a: SlimArgs, tb: B.Bundle, importance: str) -> None:
+    """Every candidate but the teacher itself as a bundle with its lineage and card (dest/<tag>/<precision>,
+    the teacher's int8 as teacher/int8) and the report, so that a run's other points can be shipped or
+    compared without rerunning it; replaced atomically."""
     import json
     with B.staging_dir(dest) as tmp:
-        for d in sorted(p for p in work.iterdir() if p.is_dir()):
-            shutil.copytree(d, tmp / d.name)
+        for c, row in zip(rows, report["candidates"]):
+            if c["tag"] != "teacher" or c["precision"] != "fp32":
+                _write(c, row, tmp / c["tag"] / c["precision"], report, a, tb, importance)
         (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
 
 
@@ -271,9 +273,11 @@ def _decide(rows: list[dict], obj: S.Objective, a: SlimArgs, tb: B.Bundle, skipp
             "axes": list(S._axes(rows))}
 
 
-def _write(c: dict, out: Path, report: dict, a: SlimArgs, tb: B.Bundle, importance: str) -> None:
+def _write(c: dict, row: dict, out: Path, report: dict, a: SlimArgs, tb: B.Bundle, importance: str) -> None:
+    """Candidate `c` (its table row `row`) as a bundle at `out`, replaced atomically: its files, `eval`, the
+    `slim` lineage and a MODEL_CARD.md written from it (aot/slim/card.py)."""
+    from .card import slim_card
     src = B.open_bundle(c["bundle"])
-    row = report["candidates"][report["chosen"]]
     lineage = {
         "teacher": {"name": tb.manifest["name"], "path": str(tb.path),
                     "model_sha256": tb.manifest["files"][tb.manifest["model_file"]]["sha256"]},
@@ -289,6 +293,8 @@ def _write(c: dict, out: Path, report: dict, a: SlimArgs, tb: B.Bundle, importan
     }
     with B.staging_dir(out) as tmp:
         for name in src.manifest["files"]:
+            if name == "MODEL_CARD.md":         # the teacher's card describes the teacher
+                continue
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src.path / name, tmp / name)
         man = {k: v for k, v in src.manifest.items() if k != "files"}
@@ -297,4 +303,5 @@ def _write(c: dict, out: Path, report: dict, a: SlimArgs, tb: B.Bundle, importan
                                                                                     "locate_iou50")}
                                                              for r, s in c["scores"].items()}}
         man["slim"] = lineage
+        (tmp / "MODEL_CARD.md").write_text(slim_card(man, a.to_dict()))
         B.write_manifest(tmp, man)

@@ -193,8 +193,56 @@ class TvmBackend:
         # as ONNX Runtime chooses) before each call; set_threads is a no-op when it is already so
         self.threads = int(threads) if threads else physical_cores()
         set_threads(self.threads)
+        self.device = tvm_ffi.device(kind, 0)
+        self._main = _Library(bundle.model_path, kind, self.device, m["inputs"], m["outputs"])
+        self.inputs = m["inputs"]
+        self.output_names = [o["name"] for o in m["outputs"]]
+        self._lock = threading.Lock()  # one VM per library: calls are serialized
+        self._parts = None
+        sp = m.get("split")
+        if sp:   # image once, many texts (aot/lower_split.py): the graph's image and text parts
+            from ..split import Split
+            lib = {p: _Library(bundle.graph(sp[p]["graph"], f"the {p} part").model_path, kind, self.device,
+                               sp[p]["inputs"], sp[p]["outputs"]) for p in ("image", "text")}
+            image_out = [o["name"] for o in sp["image"]["outputs"]]
+            cut = tuple(i["name"] for i in sp["text"]["inputs"] if i["name"] != "tokens")
+            self._parts = (lib["image"], lib["text"],
+                           Split((), (), cut, tuple(n for n in image_out if n not in cut),
+                                 tuple(o["name"] for o in sp["text"]["outputs"])))
+
+    def close(self) -> None:
+        """Stop counting as a live session (edge_slim.runtime.threads); the VM is freed with the backend."""
+        self._lease.close()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            set_threads(self.threads)
+            return self._main(feeds)
+
+    # -- image once, many texts ---------------------------------------------------------------
+    def split(self):
+        """The Split of the compiled parts (None: compiled without them, `edge-slim compile --no-split`)."""
+        return self._parts[2] if self._parts else None
+
+    def encode(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            set_threads(self.threads)
+            return self._parts[0](feeds)
+
+    def run_text(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sp = self._parts[2]
+        with self._lock:
+            set_threads(self.threads)
+            out = self._parts[1]({**{c: state[c] for c in sp.cut}, **feeds})
+        return {n: out[n] if n in out else state[n] for n in self.output_names}
+
+
+class _Library:
+    """One compiled library's Relax VM: its `main` called on feeds named as its manifest's inputs."""
+
+    def __init__(self, path: Path, kind: str, device, inputs: list[dict], outputs: list[dict]):
         try:
-            self._lib = tvm_ffi.load_module(str(bundle.model_path))
+            self._lib = tvm_ffi.load_module(str(path))
             self._vm = self._lib["vm_load_executable"]()
             init = [DEVICE_TYPES[kind], 0, POOLED_ALLOCATOR]
             if kind != "cpu":
@@ -202,35 +250,28 @@ class TvmBackend:
             self._vm["vm_initialization"](*init)
             self._main = self._vm["main"]
         except Exception as e:  # tvm_ffi raises its own error types
-            raise ModelError(f"{bundle.model_path}: the TVM runtime cannot load it ({str(e).splitlines()[0]})") from None
-        self.device = tvm_ffi.device(kind, 0)
+            raise ModelError(f"{path}: the TVM runtime cannot load it ({str(e).splitlines()[0]})") from None
+        self.device = device
         self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
         self._copy_in = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromBytes")
         self._copy_out = tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")
-        self.inputs = m["inputs"]
-        self.output_names = [o["name"] for o in m["outputs"]]
+        self.inputs = inputs
+        self.output_names = [o["name"] for o in outputs]
         # input tensors owned by the runtime (aligned as the kernels need), reused on every call
         # (an input with a symbolic dimension, compiled with --dynamic, gets its tensor per call instead)
         self._in = [None if i.get("dynamic") else self._alloc(tuple(i["shape"]), i["dtype"], self.device, "global")
                     for i in self.inputs]
-        self._lock = threading.Lock()  # one VM: calls are serialized
 
-    def close(self) -> None:
-        """Stop counting as a live session (edge_slim.runtime.threads); the VM is freed with the backend."""
-        self._lease.close()
-
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Not thread-safe (the caller holds its backend's lock)."""
         arrs = check_feeds(self.inputs, feeds)
-        with self._lock:
-            set_threads(self.threads)
-            ins = [t if t is not None else self._alloc(a.shape, str(a.dtype), self.device, "global")
-                   for t, a in zip(self._in, arrs)]
-            for t, a in zip(ins, arrs):
-                self._copy_in(t, ctypes.c_void_p(a.ctypes.data), a.nbytes)
-            res = self._main(*ins)
-            outs = list(res) if not hasattr(res, "shape") else [res]
-            return {name: self._to_numpy(o) for name, o in zip(self.output_names, outs)}
+        ins = [t if t is not None else self._alloc(a.shape, str(a.dtype), self.device, "global")
+               for t, a in zip(self._in, arrs)]
+        for t, a in zip(ins, arrs):
+            self._copy_in(t, ctypes.c_void_p(a.ctypes.data), a.nbytes)
+        res = self._main(*ins)
+        outs = list(res) if not hasattr(res, "shape") else [res]
+        return {name: self._to_numpy(o) for name, o in zip(self.output_names, outs)}
 
     def _to_numpy(self, t) -> np.ndarray:
         if self.device.dlpack_device_type() == 1:
