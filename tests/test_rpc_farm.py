@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("tvm", reason="the host side of TVM RPC needs apache-tvm")
@@ -82,3 +83,13 @@ def test_rpc_options_are_checked_before_anything_connects():
     assert r.returncode == 2 and "--rpc and --key go together" in r.stderr, r.stderr
     r = _cli("bench", "--rpc", "nohostport", "--key", "k", "x", timeout=120)
     assert r.returncode in (2, 3) and "HOST:PORT" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_describe_over_rpc_refuses_instead_of_waiting_on_the_board():
+    # a board serves one RPC session at a time; the caption decoder would need a second and wait forever
+    from edge_slim.errors import ModelError
+    from edge_slim.runtime.session import Session
+    s = object.__new__(Session)          # the guard runs before anything remote: no board needed
+    s.backend_name = "rpc"
+    with pytest.raises(ModelError, match="RPC"):
+        s.describe(np.zeros((96, 96, 3), np.uint8))

@@ -195,6 +195,11 @@ class Session:
         """A caption of the image in the scene grammar's words: every object with its size, colour and
         shape, left to right, each with its relation to the one before (docs/scenes.md, Scene descriptions)."""
         t0 = time.perf_counter()
+        if self.backend_name == "rpc":
+            # the decoder would open a second remote session, and a board serves one at a time: it would wait
+            # on this session until the server's lifetime ends
+            raise ModelError("describe does not run over RPC yet (a board serves one session at a time and the "
+                             "caption decoder needs a second); run describe on the device itself")
         with self._describer_lock:
             if self._describer is None:
                 self._describer = Describer(self.bundle, backend_class(self.backend_name), threads=self._threads,
