@@ -308,3 +308,31 @@ def test_slim_refuses_bad_input_with_one_line(tmp_path):
     p = cli("slim", "--target", "no-such-board", "-o", tmp_path / "o")
     assert p.returncode in (3, 4) and "Traceback" not in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _graph_parameters(bundle) -> int:
+    from edge_slim.runtime.onnx_proto import load_model
+    return sum(int(np.prod(a.shape)) for f in bundle.manifest["files"] if f.endswith(".onnx")
+               for a in load_model(bundle.path / f).graph.initializers.values())
+
+
+def test_shipped_nano_is_a_dense_pruned_student_of_the_shipped_tiny():
+    from edge_slim.runtime.bundle import open_bundle
+    tiny, nano = open_bundle("slimpajama-tiny"), open_bundle("slimpajama-nano")
+    lin = nano.manifest["slim"]
+    assert lin["teacher"]["model_sha256"] == tiny.manifest["files"]["model.onnx"]["sha256"]
+    assert nano.manifest["config"]["layer_heads"] and nano.manifest["config"]["stem"] != tiny.manifest["config"]["stem"]
+    assert _graph_parameters(nano) <= 0.35 * _graph_parameters(tiny)        # issue 18's bound, from the graphs
+    int8 = open_bundle("slimpajama-nano-int8")
+    assert int8.manifest["slim"]["precision"] == "int8" and int8.manifest["quantization"]
+    assert "MODEL_CARD.md" in nano.manifest["files"] and "MODEL_CARD.md" in int8.manifest["files"]
+
+
+def test_nano_runs_by_name_through_the_cli():
+    from conftest import EXAMPLES
+    img = EXAMPLES / "images" / "scene0.png"
+    p = cli("ask", "--model", "slimpajama-nano-int8", img, "how many cubes are there?", "--json", check=0)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["answer"] in list("0123456")     # a number to a count question
+    p = cli("describe", "--model", "slimpajama-nano", img, "--json", check=0)
+    assert p.returncode == 0 and json.loads(p.stdout)["objects"], p.stderr

@@ -49,7 +49,8 @@ def slim_card(manifest: dict, args: dict) -> str:
             "edge-slim slim " + (str(args.get("teacher")) + " " if args.get("teacher") else "")
             + f"--target {lin['target']} --ratios heads={r['heads']},mlp={r['mlp']},stem={r['stem']},layers={r['layers']} "
             f"--renderers {t['renderers']} --scenes {t['count']} --steps "
-            f"{d['steps'] if d else args['distill']['steps']} --batch {args['distill']['batch']} --eval-samples "
+            f"{d['steps'] if d else args['distill']['steps']} --batch {args['distill']['batch']} --lr "
+            f"{args['distill']['lr']:g} --int8-max-drop {args['int8_max_drop']:g} --eval-samples "
             f"{lin['eval_samples']} --seed {t['seed']} -o OUT",
             "```", "",
             "The other candidates of the same run (manifest `slim.frontier`):", "",
