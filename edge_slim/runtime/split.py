@@ -27,6 +27,11 @@ class Split:
     image_outputs: tuple[str, ...]    # graph outputs that depend on the image only
     text_outputs: tuple[str, ...]     # the other graph outputs
 
+    def outputs(self, names, text_out: dict, state: dict) -> dict:
+        """Every graph output in `names`, as a whole-graph run returns them: the text part's, then the image
+        part's from the encoded state."""
+        return {n: text_out[n] if n in text_out else state[n] for n in names}
+
 
 def plan_split(g: Graph, image: str = "image", text: str = "tokens") -> Split | None:
     """The cut of `g` between its `image` input and everything that reads `text`; None when the graph

@@ -103,6 +103,8 @@ class OrtBackend:
         if sp is None:
             self._part_graphs = (b"", b"")
             return
+        # the image part's outputs may stay untyped (ORT infers them); the text part's inputs need their types,
+        # read from one run of the image part
         untyped = [tensor_value_info(c) for c in sp.cut]
         image_graph = write_subgraph(model, list(sp.image_nodes), ["image"], untyped + list(sp.image_outputs),
                                      "image_part")
@@ -111,8 +113,6 @@ class OrtBackend:
         feed = {"image": np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in shapes["image"]], np.float32)}
         got = dict(zip([o.name for o in probe.get_outputs()], probe.run(None, feed)))
         typed = [tensor_value_info(c, dtype_code(got[c].dtype), got[c].shape) for c in sp.cut]
-        image_graph = write_subgraph(model, list(sp.image_nodes), ["image"], typed + list(sp.image_outputs),
-                                     "image_part")
         text_graph = write_subgraph(model, list(sp.text_nodes), typed + ["tokens"], list(sp.text_outputs), "text_part")
         self._part_graphs = (image_graph, text_graph)
         self._parts = (*self._part_sessions(self.config or {}), sp)
@@ -128,7 +128,7 @@ class OrtBackend:
         _, text_sess, sp = self._parts
         out = dict(zip(sp.text_outputs, text_sess.run(list(sp.text_outputs), {**{c: state[c] for c in sp.cut},
                                                                                 **feeds})))
-        return {n: out[n] if n in out else state[n] for n in self.output_names}
+        return sp.outputs(self.output_names, out, state)
 
     def apply_threads_policy(self, p: T.Policy) -> None:
         """Called by the registry when another session opens or closes (see edge_slim.runtime.threads)."""

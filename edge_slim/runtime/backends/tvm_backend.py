@@ -234,7 +234,7 @@ class TvmBackend:
         with self._lock:
             set_threads(self.threads)
             out = self._parts[1]({**{c: state[c] for c in sp.cut}, **feeds})
-        return {n: out[n] if n in out else state[n] for n in self.output_names}
+        return sp.outputs(self.output_names, out, state)
 
 
 class _Library:
