@@ -32,7 +32,7 @@ TARGET_KEYS: dict[str, tuple[type | tuple, bool]] = {
     "host_triple": (str, True), "cc": (str, True), "cc_package": (str, True),
     "vector_bits": (int, False), "vector_registers": (int, False), "cpu_flags": (list, False),
     "cuda_arch": (str, False), "nvcc_package": (str, False),
-    "tvm": (dict, True), "tvm_host": (dict, False),
+    "tvm": (dict, True), "tvm_host": (dict, False), "int8_kernel": (str, False),
 }
 RECIPE_KEYS: dict[str, tuple[type | tuple, bool]] = {
     "name": (str, True), "description": (str, True), "precision": (str, True),
@@ -44,6 +44,8 @@ TVM_KEYS = {"kind", "mtriple", "mcpu", "mattr", "mabi", "mfloat-abi", "num-cores
             "max_threads_per_block", "max_shared_memory_per_block", "thread_warp_size", "registers_per_block",
             "libs", "opt-level", "fast-math"}
 KINDS = ("cpu", "cuda")
+# aot/int8_kernels.py KERNEL_NAMES (repeated here: this module never imports ahead-of-time code)
+INT8_KERNELS = ("x86-avx2-madd", "x86-avx512-madd", "x86-vnni")
 SCHEDULES = ("cpu-rules", "dlight-gpu", "none")
 PRECISIONS = ("fp32", "fp16", "int8")
 # host triple -> (ELF e_machine, name); the runtime compares it with the host's
@@ -84,6 +86,7 @@ class Target:
     cuda_arch: str | None = None
     nvcc_package: str | None = None
     tvm_host: dict | None = None
+    int8_kernel: str | None = None      # aot/int8_kernels.py: the integer matmul kernel of int8 artifacts
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -161,6 +164,8 @@ def load_target_file(path: Path) -> Target:
         extra = sorted(set(d.get(table, {})) - TVM_KEYS)
         if extra:
             raise ModelError(f"{path}: unknown key(s) {', '.join(extra)} in [{table}]; allowed: {', '.join(sorted(TVM_KEYS))}")
+    if "int8_kernel" in d and d["int8_kernel"] not in INT8_KERNELS:
+        raise ModelError(f"{path}: int8_kernel must be one of {', '.join(INT8_KERNELS)}")
     if "kind" not in d["tvm"]:
         raise ModelError(f"{path}: [tvm] needs a kind")
     if d["kind"] == "cuda":

@@ -227,6 +227,10 @@ def phase_graph(job: Job):
     if job.precision == "fp16":
         passes.append(relax.transform.ToMixedPrecision(out_dtype="float16"))
     if job.precision == "int8":
+        if job.target.int8_kernel and job.target.kind == "cpu":
+            from .int8_kernels import int8_matmul_pass
+            int8_mm = int8_matmul_pass(job.target.int8_kernel)
+            passes += [int8_mm, relax.transform.DeadCodeElimination()]
         passes.append(fuse_dequantize_pass())
     passes += [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()]
     if job.precision != "int8":  # FoldConstant would turn int8 weights back into fp32 constants
@@ -234,6 +238,11 @@ def phase_graph(job: Job):
     passes += [relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.AttachAttrLayoutFreeBuffers()]
     with job.tvm_target:
         job.mod = tvm.transform.Sequential(passes)(job.mod)
+    if job.precision == "int8" and job.target.int8_kernel and job.target.kind == "cpu":
+        job.flags["int8_kernel"] = job.target.int8_kernel
+        job.flags["int8_matmuls_integer"] = int8_mm.rewritten
+        from .int8_kernels import strip_layout_free
+        job.mod = strip_layout_free(job.mod)
     return job.mod
 
 

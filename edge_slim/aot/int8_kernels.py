@@ -1,0 +1,313 @@
+"""Integer kernels for the int8 matmuls of compiled artifacts: each target's dot-product instruction, exact.
+
+The shipped int8 form (dynamic int8, ONNX `MatMulInteger`) multiplies uint8 activations, with a per-tensor zero
+point `zp` computed at run time, by constant int8 weights (symmetric: zero point 0). TVM's importer widens
+both operands to int32 and multiplies with `vpmulld` / `mul`, which made int8 artifacts slower than fp32.
+`int8_matmul_pass` replaces every such matmul with one hand-scheduled kernel (a register tile of RB rows x
+JB column vectors, the reduction innermost, tiles in parallel) built around the target's integer
+dot-product instruction, named by the target profile's `int8_kernel` (targets/*.toml):
+
+    kernel            activation operand           instruction                    products / instruction
+    x86-avx2-madd     int16 a - zp                 vpmaddwd ymm (AVX2)            16
+    x86-avx512-madd   int16 a - zp                 vpmaddwd zmm (AVX-512 BW)      32
+    x86-vnni          uint8 a, - zp * colsum(W)    vpdpbusd zmm (AVX-512 VNNI)    64
+
+ARM (sdot on a - 128 with a (128 - zp) * colsum(W) correction; a NEON widening fallback) is not written yet:
+the same builder takes it, with Kernel(lanes=4, group=4) and llvm.aarch64.neon.sdot.v4i32.v16i8.
+
+All are exact integer math, never a saturating form: |a - zp| <= 255 and |w| <= 128, so vpmaddwd's pair of
+products (at most 65,280) fits its int32 lanes; vpdpbusd adds four 8-bit products into int32 without
+saturation; the zero-point corrections use colsum(W) (sum over k of each column), computed at compile time.
+ONNX Runtime's AVX2 kernels, by contrast, use vpmaddubsw, which saturates (int8_arith.py).
+
+Weights are packed once, at compile time, as [N/L, K/G, L, G] (L int32 lanes per vector, G products per
+lane), zero-padded to whole vectors, and stay int8 in the library.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One integer matmul kernel: vector shape, operand types, and how one step of the reduction is written."""
+    name: str
+    lanes: int                 # int32 accumulators per vector (L)
+    group: int                 # products added into one lane per instruction (G)
+    col_blocks: int            # vectors per register tile (JB)
+    act_dtype: str             # the activation operand as the kernel reads it
+    act_offset: int | None     # a - act_offset is that operand (None: a - zp)
+    instruction: str           # the mnemonic tests look for in the disassembly
+    step: Callable             # (acc, A group as int32 or int16, B vector load) -> new acc
+
+    @property
+    def corrected(self) -> bool:
+        """Whether the kernel adds (act_offset - zp) * colsum(W) to its sums (the operand is not a - zp)."""
+        return self.act_offset is not None
+
+
+def _madd(lanes: int, intrin: str):
+    from tvm.script import tirx as T
+
+    def step(acc, a_pair, b):  # a_pair: int32 holding two int16; b: int8 x 2*lanes
+        return acc + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(intrin),
+            T.reinterpret(T.broadcast(a_pair, lanes), dtype=f"int16x{2 * lanes}"),
+            T.Cast(f"int16x{2 * lanes}", b), dtype=f"int32x{lanes}")
+    return step
+
+
+def _vnni(acc, a_quad, b):
+    from tvm.script import tirx as T
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc,
+                                   T.reinterpret(T.broadcast(a_quad, 16), dtype="int8x64"), b, dtype="int32x16")
+
+
+def kernels() -> dict[str, Kernel]:
+    return {k.name: k for k in (
+        Kernel("x86-avx2-madd", 8, 2, 2, "int16", None, "vpmaddwd", _madd(8, "llvm.x86.avx2.pmadd.wd")),
+        Kernel("x86-avx512-madd", 16, 2, 2, "int16", None, "vpmaddwd", _madd(16, "llvm.x86.avx512.pmaddw.d.512")),
+        Kernel("x86-vnni", 16, 4, 2, "uint8", 0, "vpdpbusd", _vnni),
+    )}
+
+
+PARALLEL_MACS = 1 << 17
+MARK = "edge_slim.int8_kernel"    # PrimFunc attribute naming the kernel
+KERNEL_NAMES = ("x86-avx2-madd", "x86-avx512-madd", "x86-vnni")
+
+
+def padded_n(kernel: Kernel, n: int) -> int:
+    tile = kernel.lanes * kernel.col_blocks
+    return -(-n // tile) * tile
+
+
+def pack_weight(kernel: Kernel, w: np.ndarray) -> np.ndarray:
+    """[K, N] int8 -> flat [NP/L, K/G, L, G] int8 (NP: N padded to whole register tiles, zeros)."""
+    k, n = w.shape
+    L, G = kernel.lanes, kernel.group
+    npad = padded_n(kernel, n)
+    wp = np.zeros((k, npad), np.int8)
+    wp[:, :n] = w
+    return np.ascontiguousarray(wp.reshape(k // G, G, npad // L, L).transpose(2, 0, 3, 1)).reshape(-1)
+
+
+def column_sums(kernel: Kernel, w: np.ndarray) -> np.ndarray:
+    s = np.zeros(padded_n(kernel, w.shape[1]), np.int32)
+    s[:w.shape[1]] = w.astype(np.int32).sum(axis=0)
+    return s
+
+
+def reference(kernel: Kernel, a: np.ndarray, zp: int, w: np.ndarray) -> np.ndarray:
+    """Exact int32 math: (a - zp) @ w, the oracle every kernel must equal."""
+    return (a.astype(np.int64) - int(zp)) @ w.astype(np.int64)
+
+
+def fits(kernel: Kernel, m: int, k: int) -> bool:
+    return k % kernel.group == 0 and m >= 1
+
+
+def prim_func(kernel: Kernel, m: int, k: int, n: int):
+    """The kernel for [m, k] activations (the kernel's operand type) times a [k, n] int8 weight -> [m, n] int32."""
+    from tvm.script import tirx as T
+    L, G, JB = kernel.lanes, kernel.group, kernel.col_blocks
+    RB = next(d for d in (4, 3, 2, 1) if m % d == 0)
+    NP = padded_n(kernel, n)
+    NJ, MB, KG = NP // (L * JB), m // RB, k // G
+    a_vec = f"{kernel.act_dtype}x{G}" if G > 1 else kernel.act_dtype
+    a_word = "int32" if G * np.dtype(kernel.act_dtype).itemsize == 4 else None   # the group as one int32
+    step = kernel.step
+    kname = kernel.name
+    off = kernel.act_offset
+    # a thread-pool launch costs more than a small matmul (measured: 7 us for 16x128x24 in parallel)
+    tiles = T.parallel if m * k * NP >= PARALLEL_MACS else T.serial
+
+    def group(A, row, kg):
+        v = A[row, kg * G] if G == 1 else A.vload([row, kg * G], a_vec)
+        return T.reinterpret(v, dtype=a_word) if a_word else v
+
+    if not kernel.corrected:
+        @T.prim_func(s_tir=True)
+        def qmm(a: T.handle, w: T.handle, c: T.handle):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, MARK: kname})
+            A = T.match_buffer(a, (m, k), kernel.act_dtype)
+            W = T.match_buffer(w, (NP * k,), "int8")
+            C = T.match_buffer(c, (m, n), "int32")
+            with T.sblock("root"):
+                with T.sblock("int8_matmul"):  # SplitLayoutRewritePreproc wants a block under root
+                    acc = T.sblock_alloc_buffer((RB * JB * L,), "int32", scope="local")
+                    for tile in tiles(MB * NJ):
+                        for r in T.unroll(RB):
+                            for cb in T.unroll(JB):
+                                acc[T.ramp((r * JB + cb) * L, 1, L)] = T.broadcast(T.int32(0), L)
+                        for kg in range(KG):
+                            for cb in T.unroll(JB):
+                                for r in T.unroll(RB):
+                                    acc[T.ramp((r * JB + cb) * L, 1, L)] = step(
+                                        acc[T.ramp((r * JB + cb) * L, 1, L)], group(A, (tile // NJ) * RB + r, kg),
+                                        W.vload([(((tile % NJ) * JB + cb) * KG + kg) * L * G], f"int8x{L * G}"))
+                        for r in T.unroll(RB):
+                            for cb in T.unroll(JB):
+                                for lane in T.vectorized(L):
+                                    if ((tile % NJ) * JB + cb) * L + lane < n:
+                                        C[(tile // NJ) * RB + r, ((tile % NJ) * JB + cb) * L + lane] = \
+                                            acc[(r * JB + cb) * L + lane]
+        return qmm
+
+    @T.prim_func(s_tir=True)
+    def qmm_corrected(a: T.handle, z: T.handle, w: T.handle, s: T.handle, c: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, MARK: kname})
+        A = T.match_buffer(a, (m, k), kernel.act_dtype)
+        Z = T.match_buffer(z, (), "int32")
+        W = T.match_buffer(w, (NP * k,), "int8")
+        S = T.match_buffer(s, (NP,), "int32")
+        C = T.match_buffer(c, (m, n), "int32")
+        with T.sblock("root"):
+            with T.sblock("int8_matmul"):  # SplitLayoutRewritePreproc wants a block under root
+                acc = T.sblock_alloc_buffer((RB * JB * L,), "int32", scope="local")
+                for tile in tiles(MB * NJ):
+                    for r in T.unroll(RB):
+                        for cb in T.unroll(JB):
+                            acc[T.ramp((r * JB + cb) * L, 1, L)] = T.broadcast(T.int32(0), L)
+                    for kg in range(KG):
+                        for cb in T.unroll(JB):
+                            for r in T.unroll(RB):
+                                acc[T.ramp((r * JB + cb) * L, 1, L)] = step(
+                                    acc[T.ramp((r * JB + cb) * L, 1, L)], group(A, (tile // NJ) * RB + r, kg),
+                                    W.vload([(((tile % NJ) * JB + cb) * KG + kg) * L * G], f"int8x{L * G}"))
+                    for r in T.unroll(RB):
+                        for cb in T.unroll(JB):
+                            for lane in T.vectorized(L):
+                                if ((tile % NJ) * JB + cb) * L + lane < n:
+                                    C[(tile // NJ) * RB + r, ((tile % NJ) * JB + cb) * L + lane] = \
+                                        acc[(r * JB + cb) * L + lane] + (off - Z[()]) * S[((tile % NJ) * JB + cb) * L + lane]
+    return qmm_corrected
+
+
+def int8_matmul_pass(kernel_name: str):
+    """A Relax module pass: every `matmul(astype(a: uint8) - astype(zp), astype(W: int8 constant) [- 0])` with
+    int32 output (TVM's import of MatMulInteger) becomes a call of the named kernel on the packed weight.
+    Matmuls of any other form (fp32, non-constant or asymmetric weights, K not a multiple of the kernel's
+    group, a batch of more than one) are left as they are. Run DeadCodeElimination after it: the widened
+    weights it no longer reads must not be folded into int32 constants."""
+    import tvm
+    from tvm import relax
+
+    kern = kernels()[kernel_name]
+    matmul, astype, subtract = (tvm.ir.Op.get(f"relax.{o}") for o in ("matmul", "astype", "subtract"))
+
+    def is_call(e, op):
+        return isinstance(e, relax.Call) and e.op.same_as(op)
+
+    def dtype_of(e):
+        return str(e.ty.dtype)
+
+    @relax.expr_functor.mutator
+    class Rewrite(relax.PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.prepared: dict = {}
+            self.rewritten = 0
+
+        def value(self, e):
+            while isinstance(e, relax.Var):
+                b = self.lookup_binding(e)
+                if b is None:
+                    return e
+                e = b
+            return e
+
+        def activation(self, x):
+            """(a: uint8 tensor, zp: uint8 scalar) when x = astype(a, int32) - astype(zp, int32)."""
+            x = self.value(x)
+            if not is_call(x, subtract):
+                return None
+            a, z = (self.value(v) for v in x.args)
+            if not (is_call(a, astype) and is_call(z, astype)):
+                return None
+            a, z = a.args[0], z.args[0]
+            if dtype_of(a) != "uint8" or dtype_of(z) != "uint8" or z.ty.ndim != 0:
+                return None
+            return a, z
+
+        def weight(self, w):
+            """The int8 [K, N] constant when w = astype(W, int32) [- astype(0, int32)]."""
+            w = self.value(w)
+            if is_call(w, subtract):
+                zero = self.value(w.args[1])
+                zero = self.value(zero.args[0]) if is_call(zero, astype) else zero
+                if not (isinstance(zero, tvm.ir.Constant) and not zero.value.numpy().any()):
+                    return None
+                w = self.value(w.args[0])
+            if not is_call(w, astype):
+                return None
+            c = self.value(w.args[0])
+            if not isinstance(c, tvm.ir.Constant) or dtype_of(c) != "int8" or c.ty.ndim != 2:
+                return None
+            return c.value.numpy()
+
+        def visit_call_(self, call):
+            try:
+                out_dtype = dtype_of(call) if isinstance(call.ty, relax.TensorType) else None
+            except AttributeError:  # not yet typed
+                out_dtype = None
+            call = super().visit_call_(call)
+            if not is_call(call, matmul) or out_dtype != "int32":
+                return call
+            act, w = self.activation(call.args[0]), self.weight(call.args[1])
+            if act is None or w is None:
+                return call
+            a, zp = act
+            shape = [int(d) for d in a.ty.shape.values]
+            if any(d != 1 for d in shape[:-2]) or shape[-1] != w.shape[0] or not fits(kern, shape[0], shape[-1]):
+                return call
+            m = int(np.prod(shape[:-1]))
+            ap, z32 = self.prepare(a, zp, m)
+            f = prim_func(kern, m, shape[-1], w.shape[1]).without_attr("global_symbol")
+            gv = self.builder_.add_func(f, f"int8_matmul_{kern.name.replace('-', '_')}")
+            args = [ap, relax.const(pack_weight(kern, w))]
+            if kern.corrected:
+                args = [ap, z32, args[1], relax.const(column_sums(kern, w))]
+            self.rewritten += 1
+            out = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((m, w.shape[1]), "int32")))
+            return relax.op.reshape(out, (*shape[:-1], w.shape[1]))   # fused into the dequantizing epilogue
+
+        def prepare(self, a, zp, m):
+            """The kernel's [m, K] activation operand (one binding per activation, shared by its Q/K/V matmuls)."""
+            key = (a, zp)
+            if key not in self.prepared:
+                op = relax.op
+                z32 = self.builder_.emit(op.astype(zp, "int32"))
+                k = int(a.ty.shape.values[-1])
+                a = op.reshape(a, (m, k))
+                if kern.act_dtype == "uint8":
+                    ap = self.builder_.emit(a)
+                elif kern.act_dtype == "int16":
+                    ap = self.builder_.emit(op.subtract(op.astype(a, "int16"), op.astype(zp, "int16")))
+                else:
+                    raise ValueError(f"no activation operand of type {kern.act_dtype}")
+                self.prepared[key] = (ap, z32)
+            return self.prepared[key]
+
+    @tvm.transform.module_pass(opt_level=0, name="Int8MatmulKernels")
+    def apply(mod, _ctx):
+        rw = Rewrite(mod)
+        for gv, f in list(mod.functions_items()):
+            if isinstance(f, relax.Function):
+                rw.prepared.clear()
+                rw.builder_.update_func(gv, rw.visit_expr(f))
+        apply.rewritten = rw.rewritten
+        return rw.builder_.get()
+    return apply
+
+
+def strip_layout_free(mod):
+    """Our kernels' weights are packed already: drop the layout_free_buffers that AttachAttrLayoutFreeBuffers
+    gave them (SplitLayoutRewritePreproc expects schedule blocks there, which hand-written loops lack)."""
+    import tvm
+    for gv, f in list(mod.functions_items()):
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and MARK in f.attrs:
+            mod[gv] = f.without_attr("layout_free_buffers")
+    return mod
