@@ -9,6 +9,7 @@ A new device is a new file in targets/; see docs/targets.md.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import shutil
@@ -271,7 +272,9 @@ def host_triple() -> str | None:
 
 
 def cpu_flags() -> set[str]:
-    """The host CPU's feature flags from /proc/cpuinfo (empty if unreadable)."""
+    """The host CPU's feature flags from /proc/cpuinfo (empty if unreadable), less the x86 vector flags that
+    CPUID itself denies: an emulator (qemu-x86_64 -cpu Haswell) passes the host's /proc/cpuinfo through,
+    so a test or a target check trusting it alone would run AVX-512 code there and die of SIGILL."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -279,8 +282,30 @@ def cpu_flags() -> set[str]:
     for line in text.splitlines():
         key = line.split(":")[0].strip().lower()
         if key in ("flags", "features"):
-            return set(line.split(":", 1)[1].split())
+            flags = set(line.split(":", 1)[1].split())
+            denied = {f for f, name in CPUID_NAMES.items() if f in flags and _cpuid().get(name) is False}
+            return flags - denied
     return set()
+
+
+# /proc/cpuinfo flag -> NumPy's name for the same CPUID bit (numpy reads CPUID at import)
+CPUID_NAMES = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA3", "f16c": "F16C", "avx512f": "AVX512F",
+               "avx512cd": "AVX512CD", "avx512bw": "AVX512BW", "avx512dq": "AVX512DQ", "avx512vl": "AVX512VL",
+               "avx512ifma": "AVX512IFMA", "avx512vbmi": "AVX512VBMI", "avx512_vbmi2": "AVX512VBMI2",
+               "avx512_vnni": "AVX512VNNI", "avx512_bitalg": "AVX512BITALG", "avx512_bf16": "AVX512BF16",
+               "avx512_vpopcntdq": "AVX512VPOPCNTDQ", "avx512_fp16": "AVX512FP16"}
+
+
+def _cpuid() -> dict[str, bool]:
+    """NumPy's view of CPUID on x86 (empty elsewhere or where NumPy does not expose it)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    for mod in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            return dict(importlib.import_module(mod).__cpu_features__)
+        except (ImportError, AttributeError):
+            continue
+    return {}
 
 
 def describe() -> list[dict]:

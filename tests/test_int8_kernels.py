@@ -46,7 +46,7 @@ def test_kernel_equals_exact_integer_math(name, shape):
     rng = np.random.default_rng(sum(shape))
     a, zp = rng.integers(0, 256, (m, k)), int(rng.integers(0, 256))
     w = rng.integers(-128, 128, (k, n)).astype(np.int8)
-    assert np.array_equal(_run(kern, a, zp, w), K.reference(kern, a, zp, w))
+    assert np.array_equal(_run(kern, a, zp, w), K.reference(a, zp, w))
 
 
 @pytest.mark.parametrize("name", K.KERNEL_NAMES)
@@ -56,6 +56,41 @@ def test_extreme_products_do_not_saturate(name):
     a, w = np.full((4, 64), 255), np.full((64, 16), -128, np.int8)
     got = _run(kern, a, 0, w)
     assert (got == -255 * 128 * 64).all()
+
+
+def _dynamic_quantize_linear_ort(x):
+    """ONNX Runtime's DynamicQuantizeLinear of x -> (scale, zero point): the oracle of quant_params."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])], "dql",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, list(x.shape)),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+                           helper.make_tensor_value_info("z", TensorProto.UINT8, [])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    _, s, z = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return s, z
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("n", [4608, 2048, 100, 5])
+@pytest.mark.parametrize("sign", ["mixed", "positive", "negative"])
+def test_quant_params_equal_dynamic_quantize_linear(lanes, n, sign):
+    """One pass of quant_params gives ONNX Runtime's scale and zero point, bit for bit (tails, and tensors
+    whose min or max is clipped at 0, included)."""
+    x = np.random.default_rng(n + lanes).normal(size=n).astype(np.float32) * 3
+    x = np.abs(x) if sign == "positive" else -np.abs(x) if sign == "negative" else x
+    f = K.quant_params_func(n, lanes).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": f}), target=tvm.target.Target(T.get_target("x86-64").tvm_target(cores=1)))
+    dev = tvm.cpu()
+    s, z = tvm.runtime.tensor(np.zeros((), np.float32), dev), tvm.runtime.tensor(np.zeros((), np.uint8), dev)
+    lib["main"](tvm.runtime.tensor(x, dev), s, z)
+    want_s, want_z = _dynamic_quantize_linear_ort(x)
+    assert s.numpy().tobytes() == np.float32(want_s).tobytes() and int(z.numpy()) == int(want_z)
+
+
+def test_kernel_names_match_the_target_validation():
+    assert T.INT8_KERNELS == K.KERNEL_NAMES == tuple(K.kernels())
 
 
 def test_packed_layout_holds_every_weight_once():
@@ -78,11 +113,14 @@ def test_unknown_int8_kernel_is_rejected(tmp_path):
 def test_int8_artifact_multiplies_with_vpmaddwd():
     """The shipped int8 form compiled for x86-64: its matmuls run on the kernel (manifest flags), the library
     holds vpmaddwd, and int32 multiplies (vpmulld) are left only where a matmul does not fit the kernel."""
-    from compile_helpers import compiled
+    from compile_helpers import compiled, int8_graph
     from edge_slim.runtime import bundle as B
     out = compiled("x86-64", "dynamic")
     flags = B.open_bundle(out).manifest["compile"]["flags"]
     assert flags["int8_kernel"] == "x86-avx2-madd" and flags["int8_matmuls_integer"] >= 20
+    import onnx
+    dql = sum(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(int8_graph("dynamic"))).graph.node)
+    assert flags["int8_quant_params_fused"] == dql > 0    # every activation's scale and zero point in one kernel
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("no objdump (binutils)")

@@ -109,3 +109,13 @@ def test_targets_cli_json_without_tvm_import():
             "assert 'tvm' not in sys.modules, 'targets imported tvm'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_cpu_flags_drop_what_cpuid_denies(monkeypatch, tmp_path):
+    """An emulator passes the host's /proc/cpuinfo through: a flag CPUID denies is not the CPU's."""
+    monkeypatch.setattr(T, "_cpuid", lambda: {"AVX2": True, "AVX512F": False, "AVX512VNNI": False})
+    real = T.Path
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    monkeypatch.setattr(T, "Path", lambda p: info if p == "/proc/cpuinfo" else real(p))
+    assert T.cpu_flags() == {"fpu", "sse2", "avx2"}

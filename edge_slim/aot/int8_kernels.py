@@ -100,13 +100,11 @@ def column_sums(kernel: Kernel, w: np.ndarray) -> np.ndarray:
     return s
 
 
-def reference(kernel: Kernel, a: np.ndarray, zp: int, w: np.ndarray) -> np.ndarray:
+def reference(a: np.ndarray, zp: int, w: np.ndarray) -> np.ndarray:
     """Exact int32 math: (a - zp) @ w, the oracle every kernel must equal."""
     return (a.astype(np.int64) - int(zp)) @ w.astype(np.int64)
 
 
-def fits(kernel: Kernel, m: int, k: int) -> bool:
-    return k % kernel.group == 0 and m >= 1
 
 
 def prim_func(kernel: Kernel, m: int, k: int, n: int):
@@ -120,7 +118,7 @@ def prim_func(kernel: Kernel, m: int, k: int, n: int):
     a_word = "int32" if G * np.dtype(kernel.act_dtype).itemsize == 4 else None   # the group as one int32
     step = kernel.step
     kname = kernel.name
-    off = kernel.act_offset
+    off, corrected = kernel.act_offset, kernel.corrected
     # a thread-pool launch costs more than a small matmul (measured: 7 us for 16x128x24 in parallel)
     tiles = T.parallel if m * k * NP >= PARALLEL_MACS else T.serial
 
@@ -128,62 +126,95 @@ def prim_func(kernel: Kernel, m: int, k: int, n: int):
         v = A[row, kg * G] if G == 1 else A.vload([row, kg * G], a_vec)
         return T.reinterpret(v, dtype=a_word) if a_word else v
 
-    if not kernel.corrected:
+    @T.macro
+    def tiles_of(A, W, C, Z, S):  # Z, S: the zero point and colsum(W), read only by a corrected kernel
+        with T.sblock("int8_matmul"):  # SplitLayoutRewritePreproc wants a block under root
+            acc = T.sblock_alloc_buffer((RB * JB * L,), "int32", scope="local")
+            for tile in tiles(MB * NJ):
+                for r in T.unroll(RB):
+                    for cb in T.unroll(JB):
+                        acc[T.ramp((r * JB + cb) * L, 1, L)] = T.broadcast(T.int32(0), L)
+                for kg in range(KG):
+                    for cb in T.unroll(JB):
+                        for r in T.unroll(RB):
+                            acc[T.ramp((r * JB + cb) * L, 1, L)] = step(
+                                acc[T.ramp((r * JB + cb) * L, 1, L)], group(A, (tile // NJ) * RB + r, kg),
+                                W.vload([(((tile % NJ) * JB + cb) * KG + kg) * L * G], f"int8x{L * G}"))
+                for r in T.unroll(RB):
+                    for cb in T.unroll(JB):
+                        for lane in T.vectorized(L):
+                            if ((tile % NJ) * JB + cb) * L + lane < n:
+                                if corrected:
+                                    C[(tile // NJ) * RB + r, ((tile % NJ) * JB + cb) * L + lane] = \
+                                        acc[(r * JB + cb) * L + lane] + \
+                                        (off - Z[()]) * S[((tile % NJ) * JB + cb) * L + lane]
+                                else:
+                                    C[(tile // NJ) * RB + r, ((tile % NJ) * JB + cb) * L + lane] = \
+                                        acc[(r * JB + cb) * L + lane]
+
+    attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, MARK: kname}
+    if not corrected:
         @T.prim_func(s_tir=True)
         def qmm(a: T.handle, w: T.handle, c: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, MARK: kname})
+            T.func_attr(attrs)
             A = T.match_buffer(a, (m, k), kernel.act_dtype)
             W = T.match_buffer(w, (NP * k,), "int8")
             C = T.match_buffer(c, (m, n), "int32")
             with T.sblock("root"):
-                with T.sblock("int8_matmul"):  # SplitLayoutRewritePreproc wants a block under root
-                    acc = T.sblock_alloc_buffer((RB * JB * L,), "int32", scope="local")
-                    for tile in tiles(MB * NJ):
-                        for r in T.unroll(RB):
-                            for cb in T.unroll(JB):
-                                acc[T.ramp((r * JB + cb) * L, 1, L)] = T.broadcast(T.int32(0), L)
-                        for kg in range(KG):
-                            for cb in T.unroll(JB):
-                                for r in T.unroll(RB):
-                                    acc[T.ramp((r * JB + cb) * L, 1, L)] = step(
-                                        acc[T.ramp((r * JB + cb) * L, 1, L)], group(A, (tile // NJ) * RB + r, kg),
-                                        W.vload([(((tile % NJ) * JB + cb) * KG + kg) * L * G], f"int8x{L * G}"))
-                        for r in T.unroll(RB):
-                            for cb in T.unroll(JB):
-                                for lane in T.vectorized(L):
-                                    if ((tile % NJ) * JB + cb) * L + lane < n:
-                                        C[(tile // NJ) * RB + r, ((tile % NJ) * JB + cb) * L + lane] = \
-                                            acc[(r * JB + cb) * L + lane]
+                tiles_of(A, W, C, None, None)
         return qmm
 
     @T.prim_func(s_tir=True)
     def qmm_corrected(a: T.handle, z: T.handle, w: T.handle, s: T.handle, c: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, MARK: kname})
+        T.func_attr(attrs)
         A = T.match_buffer(a, (m, k), kernel.act_dtype)
         Z = T.match_buffer(z, (), "int32")
         W = T.match_buffer(w, (NP * k,), "int8")
         S = T.match_buffer(s, (NP,), "int32")
         C = T.match_buffer(c, (m, n), "int32")
         with T.sblock("root"):
-            with T.sblock("int8_matmul"):  # SplitLayoutRewritePreproc wants a block under root
-                acc = T.sblock_alloc_buffer((RB * JB * L,), "int32", scope="local")
-                for tile in tiles(MB * NJ):
-                    for r in T.unroll(RB):
-                        for cb in T.unroll(JB):
-                            acc[T.ramp((r * JB + cb) * L, 1, L)] = T.broadcast(T.int32(0), L)
-                    for kg in range(KG):
-                        for cb in T.unroll(JB):
-                            for r in T.unroll(RB):
-                                acc[T.ramp((r * JB + cb) * L, 1, L)] = step(
-                                    acc[T.ramp((r * JB + cb) * L, 1, L)], group(A, (tile // NJ) * RB + r, kg),
-                                    W.vload([(((tile % NJ) * JB + cb) * KG + kg) * L * G], f"int8x{L * G}"))
-                    for r in T.unroll(RB):
-                        for cb in T.unroll(JB):
-                            for lane in T.vectorized(L):
-                                if ((tile % NJ) * JB + cb) * L + lane < n:
-                                    C[(tile // NJ) * RB + r, ((tile % NJ) * JB + cb) * L + lane] = \
-                                        acc[(r * JB + cb) * L + lane] + (off - Z[()]) * S[((tile % NJ) * JB + cb) * L + lane]
+            tiles_of(A, W, C, Z, S)
     return qmm_corrected
+
+
+def quant_params_func(n: int, lanes: int):
+    """DynamicQuantizeLinear's two scalars of a float32 tensor of n elements, in one vectorized pass:
+    scale = (max(0, max x) - min(0, min x)) / 255 and zp = uint8(round(clip(-min(0, min x) / scale, 0, 255))),
+    the same float32 operations in the same order as TVM's import of the op, so the values are identical.
+    The import computes them with two full reductions and three scalar kernels, five launches per
+    quantized activation (44 in Tiny), which cost more than the activation's int8 matmuls save."""
+    from tvm.script import tirx as T
+    NV, lanes_t = n // lanes, f"float32x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def quant_params(x: T.handle, s: T.handle, z: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, MARK: "quant-params"})
+        X = T.match_buffer(x, (n,), "float32")
+        S = T.match_buffer(s, (), "float32")
+        Z = T.match_buffer(z, (), "uint8")
+        with T.sblock("root"):
+            with T.sblock("quant_params"):
+                hi = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
+                lo = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
+                r = T.sblock_alloc_buffer((2,), "float32", scope="local")
+                hi[T.ramp(0, 1, lanes)] = T.broadcast(X[0], lanes)
+                lo[T.ramp(0, 1, lanes)] = T.broadcast(X[0], lanes)
+                for i in range(NV):
+                    hi[T.ramp(0, 1, lanes)] = T.max(hi[T.ramp(0, 1, lanes)], X.vload([i * lanes], lanes_t))
+                    lo[T.ramp(0, 1, lanes)] = T.min(lo[T.ramp(0, 1, lanes)], X.vload([i * lanes], lanes_t))
+                r[0] = hi[0]
+                r[1] = lo[0]
+                for j in range(1, lanes):
+                    r[0] = T.max(r[0], hi[j])
+                    r[1] = T.min(r[1], lo[j])
+                for t in range(NV * lanes, n):
+                    r[0] = T.max(r[0], X[t])
+                    r[1] = T.min(r[1], X[t])
+                r[1] = T.min(T.float32(0), r[1])
+                S[()] = (T.max(T.float32(0), r[0]) - r[1]) / T.float32(255)
+                Z[()] = T.Cast("uint8", T.round(T.max(T.min(T.float32(0) - r[1] / S[()], T.float32(255)),
+                                                      T.float32(0))))
+    return quant_params
 
 
 def int8_matmul_pass(kernel_name: str):
@@ -196,7 +227,12 @@ def int8_matmul_pass(kernel_name: str):
     from tvm import relax
 
     kern = kernels()[kernel_name]
-    matmul, astype, subtract = (tvm.ir.Op.get(f"relax.{o}") for o in ("matmul", "astype", "subtract"))
+    matmul, astype, subtract, divide, maximum, minimum, rmax, rmin, rround, clip = (
+        tvm.ir.Op.get(f"relax.{o}") for o in
+        ("matmul", "astype", "subtract", "divide", "maximum", "minimum", "max", "min", "round", "clip"))
+
+    def is_const(e, v):
+        return isinstance(e, tvm.ir.Constant) and e.ty.ndim == 0 and float(e.value.numpy()) == v
 
     def is_call(e, op):
         return isinstance(e, relax.Call) and e.op.same_as(op)
@@ -209,7 +245,8 @@ def int8_matmul_pass(kernel_name: str):
         def __init__(self, mod):
             super().__init__(mod)
             self.prepared: dict = {}
-            self.rewritten = 0
+            self.params: dict = {}      # x -> its quant_params call (scale, zp)
+            self.stats = {"matmuls": 0, "quant_params": 0}
 
         def value(self, e):
             while isinstance(e, relax.Var):
@@ -218,6 +255,48 @@ def int8_matmul_pass(kernel_name: str):
                     return e
                 e = b
             return e
+
+        def scale_source(self, call):
+            """x when call = (maximum(0, max(x)) - minimum(0, min(x))) / 255: DynamicQuantizeLinear's scale."""
+            if not (is_call(call, divide) and is_const(self.value(call.args[1]), 255.0)):
+                return None
+            d = self.value(call.args[0])
+            if not is_call(d, subtract):
+                return None
+            hi, lo = self.value(d.args[0]), self.value(d.args[1])
+            if not (is_call(hi, maximum) and is_call(lo, minimum) and is_const(self.value(hi.args[0]), 0.0)
+                    and is_const(self.value(lo.args[0]), 0.0)):
+                return None
+            mx, mn = self.value(hi.args[1]), self.value(lo.args[1])
+            if not (is_call(mx, rmax) and is_call(mn, rmin) and mx.attrs.axis is None and mn.attrs.axis is None
+                    and mx.args[0].same_as(mn.args[0]) and dtype_of(mx.args[0]) == "float32"):
+                return None
+            return mx.args[0]
+
+        def zp_params(self, call):
+            """The quant_params call whose zero point call computes: astype(round(clip(0 - lo / scale)), uint8)
+            with scale already rewritten to that call's first output."""
+            if not (is_call(call, astype) and call.attrs.dtype == "uint8"):
+                return None
+            r = self.value(call.args[0])
+            c = self.value(r.args[0]) if is_call(r, rround) else None
+            d = self.value(c.args[0]) if is_call(c, clip) else None
+            q = self.value(d.args[1]) if is_call(d, subtract) and is_const(self.value(d.args[0]), 0.0) else None
+            s = self.value(q.args[1]) if is_call(q, divide) else None
+            if not (isinstance(s, relax.TupleGetItem) and s.index == 0 and s.tuple_value in self.params.values()):
+                return None
+            return s.tuple_value
+
+        def quant_params(self, x):
+            if x not in self.params:
+                n = int(np.prod([int(d) for d in x.ty.shape.values]))
+                gv = self.builder_.add_func(quant_params_func(n, kern.lanes).without_attr("global_symbol"),
+                                            "quant_params")
+                flat = self.builder_.emit(relax.op.reshape(x, (n,)))
+                self.params[x] = self.builder_.emit(relax.call_tir(
+                    gv, [flat], [relax.TensorType((), "float32"), relax.TensorType((), "uint8")]))
+                self.stats["quant_params"] += 1
+            return self.params[x]
 
         def activation(self, x):
             """(a: uint8 tensor, zp: uint8 scalar) when x = astype(a, int32) - astype(zp, int32)."""
@@ -254,6 +333,12 @@ def int8_matmul_pass(kernel_name: str):
             except AttributeError:  # not yet typed
                 out_dtype = None
             call = super().visit_call_(call)
+            x = self.scale_source(call)
+            if x is not None:
+                return relax.TupleGetItem(self.quant_params(x), 0)
+            p = self.zp_params(call)
+            if p is not None:
+                return relax.TupleGetItem(p, 1)
             if not is_call(call, matmul) or out_dtype != "int32":
                 return call
             act, w = self.activation(call.args[0]), self.weight(call.args[1])
@@ -261,16 +346,17 @@ def int8_matmul_pass(kernel_name: str):
                 return call
             a, zp = act
             shape = [int(d) for d in a.ty.shape.values]
-            if any(d != 1 for d in shape[:-2]) or shape[-1] != w.shape[0] or not fits(kern, shape[0], shape[-1]):
+            if any(d != 1 for d in shape[:-2]) or shape[-1] != w.shape[0] or shape[-1] % kern.group:
                 return call
             m = int(np.prod(shape[:-1]))
-            ap, z32 = self.prepare(a, zp, m)
+            ap = self.prepare(a, zp, m)
             f = prim_func(kern, m, shape[-1], w.shape[1]).without_attr("global_symbol")
             gv = self.builder_.add_func(f, f"int8_matmul_{kern.name.replace('-', '_')}")
             args = [ap, relax.const(pack_weight(kern, w))]
             if kern.corrected:
-                args = [ap, z32, args[1], relax.const(column_sums(kern, w))]
-            self.rewritten += 1
+                args = [ap, self.builder_.emit(relax.op.astype(zp, "int32")), args[1],
+                        relax.const(column_sums(kern, w))]
+            self.stats["matmuls"] += 1
             out = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((m, w.shape[1]), "int32")))
             return relax.op.reshape(out, (*shape[:-1], w.shape[1]))   # fused into the dequantizing epilogue
 
@@ -279,7 +365,6 @@ def int8_matmul_pass(kernel_name: str):
             key = (a, zp)
             if key not in self.prepared:
                 op = relax.op
-                z32 = self.builder_.emit(op.astype(zp, "int32"))
                 k = int(a.ty.shape.values[-1])
                 a = op.reshape(a, (m, k))
                 if kern.act_dtype == "uint8":
@@ -288,7 +373,7 @@ def int8_matmul_pass(kernel_name: str):
                     ap = self.builder_.emit(op.subtract(op.astype(a, "int16"), op.astype(zp, "int16")))
                 else:
                     raise ValueError(f"no activation operand of type {kern.act_dtype}")
-                self.prepared[key] = (ap, z32)
+                self.prepared[key] = ap
             return self.prepared[key]
 
     @tvm.transform.module_pass(opt_level=0, name="Int8MatmulKernels")
@@ -298,7 +383,7 @@ def int8_matmul_pass(kernel_name: str):
             if isinstance(f, relax.Function):
                 rw.prepared.clear()
                 rw.builder_.update_func(gv, rw.visit_expr(f))
-        apply.rewritten = rw.rewritten
+        apply.stats = rw.stats
         return rw.builder_.get()
     return apply
 

@@ -240,7 +240,8 @@ def phase_graph(job: Job):
         job.mod = tvm.transform.Sequential(passes)(job.mod)
     if job.precision == "int8" and job.target.int8_kernel and job.target.kind == "cpu":
         job.flags["int8_kernel"] = job.target.int8_kernel
-        job.flags["int8_matmuls_integer"] = int8_mm.rewritten
+        job.flags["int8_matmuls_integer"] = int8_mm.stats["matmuls"]
+        job.flags["int8_quant_params_fused"] = int8_mm.stats["quant_params"]
         from .int8_kernels import strip_layout_free
         job.mod = strip_layout_free(job.mod)
     return job.mod
