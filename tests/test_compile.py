@@ -260,3 +260,26 @@ def test_tuning_database_is_kept_and_reused(tmp_path):
     m2 = compile_model(src, "x86-64", out=tmp_path / "b", input_shapes=shapes, tuning_dir=tmp_path / "db")
     assert m2["compile"]["flags"]["tuning_database"] == str(db)
     assert "tune_trials" not in m2["compile"]["flags"]
+
+
+def test_conv_weights_fp32_folds_the_dequantize_exactly():
+    """conv2d(x, dequantize(int8 W)) becomes a conv on the float32 weight (w - zp) * s, per output channel."""
+    import tvm
+    from tvm import relax
+    from edge_slim.aot.lower import conv_weights_fp32_pass
+    rng = np.random.default_rng(3)
+    w = rng.integers(-128, 128, (8, 3, 3, 3)).astype(np.int8)
+    s, z = rng.uniform(0.001, 0.1, 8).astype(np.float32), rng.integers(-5, 5, 8).astype(np.int8)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 12, 12), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            dq = bb.emit(relax.op.dequantize(relax.const(w), relax.const(s), relax.const(z), axis=0))
+            y = bb.emit_output(bb.emit(relax.op.nn.conv2d(x, dq, strides=2, padding=1)))
+        bb.emit_func_output(y)
+    mod = relax.transform.DeadCodeElimination()(conv_weights_fp32_pass()(bb.get()))
+    consts = [c.value.numpy() for c in relax.analysis.get_var2val(mod["main"]).values()
+              if isinstance(c, relax.Call) for c in c.args if isinstance(c, tvm.ir.Constant)]
+    want = (w.astype(np.int32) - z.reshape(8, 1, 1, 1)).astype(np.float32) * s.reshape(8, 1, 1, 1)
+    assert len(consts) == 1 and consts[0].dtype == np.float32 and np.array_equal(consts[0], want)
+    assert "dequantize" not in mod["main"].script()
