@@ -31,7 +31,7 @@ def _run(kern, a, zp, w):
     f = K.prim_func(kern, m, k, w.shape[1]).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": f}), target=tvm.target.Target(tgt.tvm_target(cores=1)))
     dev = tvm.cpu()
-    args = [_operand(kern, a, zp)] + ([np.array(zp, np.int32)] if kern.corrected else []) + [K.pack_weight(kern, w)]
+    args = [_operand(kern, a, zp)] + ([np.array(zp, np.uint8)] if kern.corrected else []) + [K.pack_weight(kern, w)]
     args += [K.column_sums(kern, w)] if kern.corrected else []
     out = tvm.runtime.tensor(np.zeros((m, w.shape[1]), np.int32), dev)
     lib["main"](*[tvm.runtime.tensor(x, dev) for x in args], out)
@@ -59,7 +59,7 @@ def test_extreme_products_do_not_saturate(name):
 
 
 def _dynamic_quantize_linear_ort(x):
-    """ONNX Runtime's DynamicQuantizeLinear of x -> (scale, zero point): the oracle of quant_params."""
+    """ONNX Runtime's DynamicQuantizeLinear of x -> (q, scale, zero point): the oracle of dynamic_quantize."""
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
     g = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])], "dql",
@@ -68,25 +68,28 @@ def _dynamic_quantize_linear_ort(x):
                            helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
                            helper.make_tensor_value_info("z", TensorProto.UINT8, [])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    _, s, z = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    return s, z
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
 
 
+@pytest.mark.parametrize("act_dtype", ["int16", "uint8"])
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("n", [4608, 2048, 100, 5])
 @pytest.mark.parametrize("sign", ["mixed", "positive", "negative"])
-def test_quant_params_equal_dynamic_quantize_linear(lanes, n, sign):
-    """One pass of quant_params gives ONNX Runtime's scale and zero point, bit for bit (tails, and tensors
-    whose min or max is clipped at 0, included)."""
+def test_dynamic_quantize_equals_onnx_runtime(act_dtype, lanes, n, sign):
+    """One dynamic_quantize kernel gives ONNX Runtime's DynamicQuantizeLinear, bit for bit: scale, zero point
+    and the quantized tensor (as q, or q - zp for the int16 kernels), tails and clipped min/max included."""
     x = np.random.default_rng(n + lanes).normal(size=n).astype(np.float32) * 3
     x = np.abs(x) if sign == "positive" else -np.abs(x) if sign == "negative" else x
-    f = K.quant_params_func(n, lanes).with_attr("global_symbol", "main")
+    f = K.dynamic_quantize_func(n, lanes, act_dtype).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": f}), target=tvm.target.Target(T.get_target("x86-64").tvm_target(cores=1)))
     dev = tvm.cpu()
+    a = tvm.runtime.tensor(np.zeros(n, act_dtype), dev)
     s, z = tvm.runtime.tensor(np.zeros((), np.float32), dev), tvm.runtime.tensor(np.zeros((), np.uint8), dev)
-    lib["main"](tvm.runtime.tensor(x, dev), s, z)
-    want_s, want_z = _dynamic_quantize_linear_ort(x)
+    lib["main"](tvm.runtime.tensor(x, dev), a, s, z)
+    want_q, want_s, want_z = _dynamic_quantize_linear_ort(x)
     assert s.numpy().tobytes() == np.float32(want_s).tobytes() and int(z.numpy()) == int(want_z)
+    want_a = want_q if act_dtype == "uint8" else want_q.astype(np.int16) - np.int16(want_z)
+    assert np.array_equal(a.numpy(), want_a)
 
 
 def test_kernel_names_match_the_target_validation():
@@ -120,7 +123,7 @@ def test_int8_artifact_multiplies_with_vpmaddwd():
     assert flags["int8_kernel"] == "x86-avx2-madd" and flags["int8_matmuls_integer"] >= 20
     import onnx
     dql = sum(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(int8_graph("dynamic"))).graph.node)
-    assert flags["int8_quant_params_fused"] == dql > 0    # every activation's scale and zero point in one kernel
+    assert flags["int8_dynamic_quantize_fused"] == dql > 0    # every activation quantized by one kernel
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("no objdump (binutils)")

@@ -147,7 +147,7 @@ def prim_func(kernel: Kernel, m: int, k: int, n: int):
                                 if corrected:
                                     C[(tile // NJ) * RB + r, ((tile % NJ) * JB + cb) * L + lane] = \
                                         acc[(r * JB + cb) * L + lane] + \
-                                        (off - Z[()]) * S[((tile % NJ) * JB + cb) * L + lane]
+                                        (off - T.Cast("int32", Z[()])) * S[((tile % NJ) * JB + cb) * L + lane]
                                 else:
                                     C[(tile // NJ) * RB + r, ((tile % NJ) * JB + cb) * L + lane] = \
                                         acc[(r * JB + cb) * L + lane]
@@ -168,7 +168,7 @@ def prim_func(kernel: Kernel, m: int, k: int, n: int):
     def qmm_corrected(a: T.handle, z: T.handle, w: T.handle, s: T.handle, c: T.handle):
         T.func_attr(attrs)
         A = T.match_buffer(a, (m, k), kernel.act_dtype)
-        Z = T.match_buffer(z, (), "int32")
+        Z = T.match_buffer(z, (), "uint8")
         W = T.match_buffer(w, (NP * k,), "int8")
         S = T.match_buffer(s, (NP,), "int32")
         C = T.match_buffer(c, (m, n), "int32")
@@ -177,31 +177,39 @@ def prim_func(kernel: Kernel, m: int, k: int, n: int):
     return qmm_corrected
 
 
-def quant_params_func(n: int, lanes: int):
-    """DynamicQuantizeLinear's two scalars of a float32 tensor of n elements, in one vectorized pass:
-    scale = (max(0, max x) - min(0, min x)) / 255 and zp = uint8(round(clip(-min(0, min x) / scale, 0, 255))),
-    the same float32 operations in the same order as TVM's import of the op, so the values are identical.
-    The import computes them with two full reductions and three scalar kernels, five launches per
-    quantized activation (44 in Tiny), which cost more than the activation's int8 matmuls save."""
+def dynamic_quantize_func(n: int, lanes: int, act_dtype: str):
+    """DynamicQuantizeLinear of a float32 tensor of n elements, in one kernel, straight to a matmul kernel's
+    activation operand: scale = (max(0, max x) - min(0, min x)) / 255, zp = uint8(round(clip(-min(0, min x)
+    / scale, 0, 255))), q = uint8(clip(round(x / scale) + zp, 0, 255)), and the operand is q (uint8) or
+    q - zp (int16). The same float32 operations in the same order as TVM's import of the op, so the values
+    are identical. The import computes them with two full reductions, three scalar kernels and an
+    elementwise one: six launches per quantized activation (44 in Tiny), which cost more than its
+    int8 matmuls saved. -> (operand [n], scale [], zp [])."""
     from tvm.script import tirx as T
-    NV, lanes_t = n // lanes, f"float32x{lanes}"
+    NV, vec = n // lanes, f"float32x{lanes}"
+
+    def operand(x, s, z):
+        q = T.Cast("uint8", T.max(T.min(T.round(x / s) + T.Cast("float32", z), T.float32(255)), T.float32(0)))
+        return q if act_dtype == "uint8" else T.Cast("int16", q) - T.Cast("int16", z)
 
     @T.prim_func(s_tir=True)
-    def quant_params(x: T.handle, s: T.handle, z: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, MARK: "quant-params"})
+    def dynamic_quantize(x: T.handle, a: T.handle, s: T.handle, z: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, MARK: "dynamic-quantize"})
         X = T.match_buffer(x, (n,), "float32")
+        A = T.match_buffer(a, (n,), act_dtype)
         S = T.match_buffer(s, (), "float32")
         Z = T.match_buffer(z, (), "uint8")
         with T.sblock("root"):
-            with T.sblock("quant_params"):
+            with T.sblock("dynamic_quantize"):
                 hi = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
                 lo = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
                 r = T.sblock_alloc_buffer((2,), "float32", scope="local")
+                zp = T.sblock_alloc_buffer((1,), "uint8", scope="local")
                 hi[T.ramp(0, 1, lanes)] = T.broadcast(X[0], lanes)
                 lo[T.ramp(0, 1, lanes)] = T.broadcast(X[0], lanes)
                 for i in range(NV):
-                    hi[T.ramp(0, 1, lanes)] = T.max(hi[T.ramp(0, 1, lanes)], X.vload([i * lanes], lanes_t))
-                    lo[T.ramp(0, 1, lanes)] = T.min(lo[T.ramp(0, 1, lanes)], X.vload([i * lanes], lanes_t))
+                    hi[T.ramp(0, 1, lanes)] = T.max(hi[T.ramp(0, 1, lanes)], X.vload([i * lanes], vec))
+                    lo[T.ramp(0, 1, lanes)] = T.min(lo[T.ramp(0, 1, lanes)], X.vload([i * lanes], vec))
                 r[0] = hi[0]
                 r[1] = lo[0]
                 for j in range(1, lanes):
@@ -211,10 +219,17 @@ def quant_params_func(n: int, lanes: int):
                     r[0] = T.max(r[0], X[t])
                     r[1] = T.min(r[1], X[t])
                 r[1] = T.min(T.float32(0), r[1])
-                S[()] = (T.max(T.float32(0), r[0]) - r[1]) / T.float32(255)
-                Z[()] = T.Cast("uint8", T.round(T.max(T.min(T.float32(0) - r[1] / S[()], T.float32(255)),
+                r[0] = (T.max(T.float32(0), r[0]) - r[1]) / T.float32(255)
+                zp[0] = T.Cast("uint8", T.round(T.max(T.min(T.float32(0) - r[1] / r[0], T.float32(255)),
                                                       T.float32(0))))
-    return quant_params
+                S[()] = r[0]
+                Z[()] = zp[0]
+                for i in range(NV):
+                    for j in T.vectorized(lanes):
+                        A[i * lanes + j] = operand(X[i * lanes + j], r[0], zp[0])
+                for t in range(NV * lanes, n):
+                    A[t] = operand(X[t], r[0], zp[0])
+    return dynamic_quantize
 
 
 def int8_matmul_pass(kernel_name: str):
@@ -230,6 +245,7 @@ def int8_matmul_pass(kernel_name: str):
     matmul, astype, subtract, divide, maximum, minimum, rmax, rmin, rround, clip = (
         tvm.ir.Op.get(f"relax.{o}") for o in
         ("matmul", "astype", "subtract", "divide", "maximum", "minimum", "max", "min", "round", "clip"))
+    quantize = tvm.ir.Op.get("relax.quantize")
 
     def is_const(e, v):
         return isinstance(e, tvm.ir.Constant) and e.ty.ndim == 0 and float(e.value.numpy()) == v
@@ -245,8 +261,8 @@ def int8_matmul_pass(kernel_name: str):
         def __init__(self, mod):
             super().__init__(mod)
             self.prepared: dict = {}
-            self.params: dict = {}      # x -> its quant_params call (scale, zp)
-            self.stats = {"matmuls": 0, "quant_params": 0}
+            self.quantized: dict = {}   # x -> its dynamic_quantize call (operand, scale, zp)
+            self.stats = {"matmuls": 0, "quantize": 0}
 
         def value(self, e):
             while isinstance(e, relax.Var):
@@ -273,9 +289,9 @@ def int8_matmul_pass(kernel_name: str):
                 return None
             return mx.args[0]
 
-        def zp_params(self, call):
-            """The quant_params call whose zero point call computes: astype(round(clip(0 - lo / scale)), uint8)
-            with scale already rewritten to that call's first output."""
+        def zp_source(self, call):
+            """The dynamic_quantize call whose zero point `call` computes: astype(round(clip(0 - lo / scale)),
+            uint8) with scale already rewritten to that call's output."""
             if not (is_call(call, astype) and call.attrs.dtype == "uint8"):
                 return None
             r = self.value(call.args[0])
@@ -283,20 +299,26 @@ def int8_matmul_pass(kernel_name: str):
             d = self.value(c.args[0]) if is_call(c, clip) else None
             q = self.value(d.args[1]) if is_call(d, subtract) and is_const(self.value(d.args[0]), 0.0) else None
             s = self.value(q.args[1]) if is_call(q, divide) else None
-            if not (isinstance(s, relax.TupleGetItem) and s.index == 0 and s.tuple_value in self.params.values()):
-                return None
-            return s.tuple_value
+            return self.quantize_of(s, 1)
 
-        def quant_params(self, x):
-            if x not in self.params:
+        def quantize_of(self, e, index):
+            """The dynamic_quantize call when e is its output `index`, else None."""
+            e = self.value(e)
+            if isinstance(e, relax.TupleGetItem) and e.index == index and e.tuple_value in self.quantized.values():
+                return e.tuple_value
+            return None
+
+        def dynamic_quantize(self, x):
+            if x not in self.quantized:
                 n = int(np.prod([int(d) for d in x.ty.shape.values]))
-                gv = self.builder_.add_func(quant_params_func(n, kern.lanes).without_attr("global_symbol"),
-                                            "quant_params")
+                f = dynamic_quantize_func(n, kern.lanes, kern.act_dtype).without_attr("global_symbol")
+                gv = self.builder_.add_func(f, "dynamic_quantize")
                 flat = self.builder_.emit(relax.op.reshape(x, (n,)))
-                self.params[x] = self.builder_.emit(relax.call_tir(
-                    gv, [flat], [relax.TensorType((), "float32"), relax.TensorType((), "uint8")]))
-                self.stats["quant_params"] += 1
-            return self.params[x]
+                self.quantized[x] = self.builder_.emit(relax.call_tir(gv, [flat], [
+                    relax.TensorType((n,), kern.act_dtype), relax.TensorType((), "float32"),
+                    relax.TensorType((), "uint8")]))
+                self.stats["quantize"] += 1
+            return self.quantized[x]
 
         def activation(self, x):
             """(a: uint8 tensor, zp: uint8 scalar) when x = astype(a, int32) - astype(zp, int32)."""
@@ -335,10 +357,10 @@ def int8_matmul_pass(kernel_name: str):
             call = super().visit_call_(call)
             x = self.scale_source(call)
             if x is not None:
-                return relax.TupleGetItem(self.quant_params(x), 0)
-            p = self.zp_params(call)
+                return relax.TupleGetItem(self.dynamic_quantize(x), 1)
+            p = self.zp_source(call)
             if p is not None:
-                return relax.TupleGetItem(p, 1)
+                return relax.TupleGetItem(p, 2)
             if not is_call(call, matmul) or out_dtype != "int32":
                 return call
             act, w = self.activation(call.args[0]), self.weight(call.args[1])
@@ -354,26 +376,28 @@ def int8_matmul_pass(kernel_name: str):
             gv = self.builder_.add_func(f, f"int8_matmul_{kern.name.replace('-', '_')}")
             args = [ap, relax.const(pack_weight(kern, w))]
             if kern.corrected:
-                args = [ap, self.builder_.emit(relax.op.astype(zp, "int32")), args[1],
-                        relax.const(column_sums(kern, w))]
+                args = [ap, zp, args[1], relax.const(column_sums(kern, w))]
             self.stats["matmuls"] += 1
             out = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((m, w.shape[1]), "int32")))
             return relax.op.reshape(out, (*shape[:-1], w.shape[1]))   # fused into the dequantizing epilogue
 
         def prepare(self, a, zp, m):
-            """The kernel's [m, K] activation operand (one binding per activation, shared by its Q/K/V matmuls)."""
+            """The kernel's [m, K] activation operand (one binding per activation, shared by its Q/K/V matmuls):
+            the dynamic_quantize call's, when `a` is quantize(x, its scale, its zero point)."""
             key = (a, zp)
             if key not in self.prepared:
                 op = relax.op
                 k = int(a.ty.shape.values[-1])
-                a = op.reshape(a, (m, k))
-                if kern.act_dtype == "uint8":
-                    ap = self.builder_.emit(a)
-                elif kern.act_dtype == "int16":
-                    ap = self.builder_.emit(op.subtract(op.astype(a, "int16"), op.astype(zp, "int16")))
+                q = self.value(a)
+                dq = self.quantize_of(q.args[1], 1) if is_call(q, quantize) else None
+                z = self.quantize_of(q.args[2], 2) if dq is not None else None
+                if z is not None and z.same_as(dq):
+                    ap = op.reshape(relax.TupleGetItem(dq, 0), (m, k))
+                elif kern.act_dtype == "uint8":
+                    ap = op.reshape(a, (m, k))
                 else:
-                    raise ValueError(f"no activation operand of type {kern.act_dtype}")
-                self.prepared[key] = ap
+                    ap = op.subtract(op.astype(op.reshape(a, (m, k)), "int16"), op.astype(zp, "int16"))
+                self.prepared[key] = self.builder_.emit(ap)
             return self.prepared[key]
 
     @tvm.transform.module_pass(opt_level=0, name="Int8MatmulKernels")

@@ -241,7 +241,7 @@ def phase_graph(job: Job):
     if job.precision == "int8" and job.target.int8_kernel and job.target.kind == "cpu":
         job.flags["int8_kernel"] = job.target.int8_kernel
         job.flags["int8_matmuls_integer"] = int8_mm.stats["matmuls"]
-        job.flags["int8_quant_params_fused"] = int8_mm.stats["quant_params"]
+        job.flags["int8_dynamic_quantize_fused"] = int8_mm.stats["quantize"]
         from .int8_kernels import strip_layout_free
         job.mod = strip_layout_free(job.mod)
     return job.mod
