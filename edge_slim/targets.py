@@ -46,7 +46,7 @@ TVM_KEYS = {"kind", "mtriple", "mcpu", "mattr", "mabi", "mfloat-abi", "num-cores
             "libs", "opt-level", "fast-math"}
 KINDS = ("cpu", "cuda")
 # aot/int8_kernels.py KERNEL_NAMES (repeated here: this module never imports ahead-of-time code)
-INT8_KERNELS = ("x86-avx2-madd", "x86-avx512-madd", "x86-vnni")
+INT8_KERNELS = ("x86-avx2-madd", "x86-avx512-madd", "x86-vnni", "arm-sdot", "arm-neon-widen")
 SCHEDULES = ("cpu-rules", "dlight-gpu", "none")
 PRECISIONS = ("fp32", "fp16", "int8")
 # host triple -> (ELF e_machine, name); the runtime compares it with the host's

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import functools
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -104,3 +105,27 @@ def sample_inputs(n: int, seed: int = 0):
         tok[0, 0] = 2
         tok[0, int(rng.integers(3, 16)):] = 0
         yield {"image": rng.standard_normal((1, 3, 96, 96)).astype(np.float32), "tokens": tok}
+
+
+ARM_ENV_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "arm-env.sh"
+
+
+def arm_env() -> dict | None:
+    """Build (or reuse) the qemu environment; None with the reason printed if it cannot be had."""
+    if shutil.which("bash") is None or not ARM_ENV_SCRIPT.exists():
+        return None
+    r = subprocess.run(["bash", str(ARM_ENV_SCRIPT)], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        pytest.skip(f"qemu aarch64 environment unavailable: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    return env
+
+
+def run_in_arm_guest(script: Path, *args: str, timeout: int = 600):
+    """Run `script` with the aarch64 Python of scripts/arm-env.sh under qemu (skips when unavailable)."""
+    import os
+    env = arm_env()
+    run_env = {**os.environ, "QEMU_LD_PREFIX": env["QEMU_LD_PREFIX"], "PYTHONPATH": env["PYTHONPATH"],
+               "EDGE_SLIM_TVM_RUNTIME": env["EDGE_SLIM_TVM_RUNTIME"], "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([*env["PYTHON"].split(), str(script), *args], capture_output=True, text=True,
+                          env=run_env, timeout=timeout)

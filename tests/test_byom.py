@@ -29,6 +29,7 @@ ort = pytest.importorskip("onnxruntime")
 from edge_slim import targets as T  # noqa: E402
 from edge_slim.errors import BadInputError, ModelError  # noqa: E402
 from edge_slim.runtime import bundle as B  # noqa: E402
+from compile_helpers import arm_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("EDGE_SLIM_MODEL_CACHE", REPO / ".cache" / "third-party-models"))
@@ -280,14 +281,6 @@ for bundle, src, dst in zip(args[0::3], args[1::3], args[2::3]):
 assert "tvm" not in sys.modules, "the guest imported the TVM compiler"
 print(f"machine={platform.machine()}")
 """
-
-
-def arm_env() -> dict:
-    script = REPO / "scripts" / "arm-env.sh"
-    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        pytest.skip(f"qemu aarch64 environment unavailable: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
 
 
 @pytest.mark.slow

@@ -239,7 +239,7 @@ def test_aarch64_decoder_runs_under_qemu_as_on_x86(int8_bundle, work, tmp_path):
     """The rpi5 artifact's describe.so under qemu, light runtime only, decodes the same tokens as x86 ORT."""
     if not has_cc("rpi5"):
         pytest.skip("no aarch64 cross compiler")
-    from test_arm_qemu import arm_env
+    from compile_helpers import arm_env
     env = arm_env()
     if env is None:
         pytest.skip("no qemu environment script")

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("tvm", reason="the host side of TVM RPC needs apache-tvm")
 pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install 'edge-slim[tvm]')")
 
-from compile_helpers import compiled, has_cc  # noqa: E402
+from compile_helpers import arm_env, compiled, has_cc  # noqa: E402
 
 import edge_slim  # noqa: E402
 from edge_slim.scenes.evaluate import evaluate  # noqa: E402
@@ -26,13 +26,6 @@ from edge_slim.scenes.evaluate import evaluate  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 KEY = "rpi5-qemu"
 SAMPLES = 2  # each costs ~15 model calls, ~0.5-1.5 s apiece emulated
-
-
-def _arm_env() -> dict:
-    r = subprocess.run(["bash", str(REPO / "scripts" / "arm-env.sh")], capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        pytest.skip(f"qemu aarch64 environment unavailable: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
 
 
 def _cli(*args, timeout=600):
@@ -46,7 +39,7 @@ def _cli(*args, timeout=600):
 @pytest.mark.skipif(sys.platform != "linux", reason="qemu user-mode emulation is Linux-only")
 def test_eval_and_bench_on_an_emulated_aarch64_board_through_a_tracker():
     from tvm.rpc.tracker import Tracker
-    env = _arm_env()
+    env = arm_env()
     board, x86 = compiled("rpi5"), compiled("x86-64")
     tracker = Tracker(host="127.0.0.1", port=9190, port_end=9290, silent=True)
     guest = {**os.environ, "QEMU_LD_PREFIX": env["QEMU_LD_PREFIX"], "PYTHONPATH": env["PYTHONPATH"],

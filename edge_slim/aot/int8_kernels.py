@@ -11,13 +11,13 @@ dot-product instruction, named by the target profile's `int8_kernel` (targets/*.
     x86-avx2-madd     int16 a - zp                 vpmaddwd ymm (AVX2)            16
     x86-avx512-madd   int16 a - zp                 vpmaddwd zmm (AVX-512 BW)      32
     x86-vnni          uint8 a, - zp * colsum(W)    vpdpbusd zmm (AVX-512 VNNI)    64
-
-ARM (sdot on a - 128 with a (128 - zp) * colsum(W) correction; a NEON widening fallback) is not written yet:
-the same builder takes it, with Kernel(lanes=4, group=4) and llvm.aarch64.neon.sdot.v4i32.v16i8.
+    arm-sdot          int8 a - 128, + (128 - zp) * colsum(W)   sdot (ARMv8.2 dotprod)  16
+    arm-neon-widen    int8 a - 128, as arm-sdot    smull + saddlp + addp (ARMv8.0) 16 per 4 instructions
 
 All are exact integer math, never a saturating form: |a - zp| <= 255 and |w| <= 128, so vpmaddwd's pair of
-products (at most 65,280) fits its int32 lanes; vpdpbusd adds four 8-bit products into int32 without
-saturation; the zero-point corrections use colsum(W) (sum over k of each column), computed at compile time.
+products (at most 65,280) fits its int32 lanes; vpdpbusd and sdot add four 8-bit products into int32 without
+saturation; smull's int8 x int8 products (|p| <= 16,384) fit int16 and saddlp widens their pairs to int32;
+the zero-point corrections use colsum(W) (sum over k of each column), computed at compile time.
 ONNX Runtime's AVX2 kernels, by contrast, use vpmaddubsw, which saturates (int8_arith.py).
 
 Weights are packed once, at compile time, as [N/L, K/G, L, G] (L int32 lanes per vector, G products per
@@ -66,17 +66,40 @@ def _vnni(acc, a_quad, b):
                                    T.reinterpret(T.broadcast(a_quad, 16), dtype="int8x64"), b, dtype="int32x16")
 
 
+def _sdot(acc, a_quad, b):
+    from tvm.script import tirx as T
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), acc,
+                                   b, T.reinterpret(T.broadcast(a_quad, 4), dtype="int8x16"), dtype="int32x4")
+
+
+def _neon_widen(acc, a_quad, b):
+    """ARMv8.0 (Pi 4): four int8 x int8 products per lane without sdot: smull to int16 (|p| <= 16,384),
+    pairwise widening add to int32 (saddlp), and a pairwise add (addp) of the two halves."""
+    from tvm.script import tirx as T
+
+    def intrin(name, *args, dtype):
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(f"llvm.aarch64.neon.{name}"), *args, dtype=dtype)
+    a = T.reinterpret(T.broadcast(a_quad, 2), dtype="int8x8")    # a0..a3 a0..a3
+    lo = intrin("saddlp.v4i32.v8i16", intrin("smull.v8i16", a, T.vectorlow(b, dtype="int8x8"), dtype="int16x8"),
+                dtype="int32x4")
+    hi = intrin("saddlp.v4i32.v8i16", intrin("smull.v8i16", a, T.vectorhigh(b, dtype="int8x8"), dtype="int16x8"),
+                dtype="int32x4")
+    return acc + intrin("addp.v4i32", lo, hi, dtype="int32x4")
+
+
 def kernels() -> dict[str, Kernel]:
     return {k.name: k for k in (
         Kernel("x86-avx2-madd", 8, 2, 2, "int16", None, "vpmaddwd", _madd(8, "llvm.x86.avx2.pmadd.wd")),
         Kernel("x86-avx512-madd", 16, 2, 2, "int16", None, "vpmaddwd", _madd(16, "llvm.x86.avx512.pmaddw.d.512")),
         Kernel("x86-vnni", 16, 4, 2, "uint8", 0, "vpdpbusd", _vnni),
+        Kernel("arm-sdot", 4, 4, 4, "int8", 128, "sdot", _sdot),
+        Kernel("arm-neon-widen", 4, 4, 2, "int8", 128, "smull", _neon_widen),
     )}
 
 
 PARALLEL_MACS = 1 << 17
 MARK = "edge_slim.int8_kernel"    # PrimFunc attribute naming the kernel
-KERNEL_NAMES = ("x86-avx2-madd", "x86-avx512-madd", "x86-vnni")
+KERNEL_NAMES = ("x86-avx2-madd", "x86-avx512-madd", "x86-vnni", "arm-sdot", "arm-neon-widen")
 
 
 def padded_n(kernel: Kernel, n: int) -> int:
@@ -190,7 +213,11 @@ def dynamic_quantize_func(n: int, lanes: int, act_dtype: str):
 
     def operand(x, s, z):
         q = T.Cast("uint8", T.max(T.min(T.round(x / s) + T.Cast("float32", z), T.float32(255)), T.float32(0)))
-        return q if act_dtype == "uint8" else T.Cast("int16", q) - T.Cast("int16", z)
+        if act_dtype == "uint8":
+            return q
+        if act_dtype == "int8":   # q - 128: the signed operand of sdot / smull
+            return T.Cast("int8", T.Cast("int16", q) - T.int16(128))
+        return T.Cast("int16", q) - T.Cast("int16", z)
 
     @T.prim_func(s_tir=True)
     def dynamic_quantize(x: T.handle, a: T.handle, s: T.handle, z: T.handle):
@@ -395,6 +422,9 @@ def int8_matmul_pass(kernel_name: str):
                     ap = op.reshape(relax.TupleGetItem(dq, 0), (m, k))
                 elif kern.act_dtype == "uint8":
                     ap = op.reshape(a, (m, k))
+                elif kern.act_dtype == "int8":
+                    ap = op.astype(op.subtract(op.astype(op.reshape(a, (m, k)), "int16"), relax.const(128, "int16")),
+                                   "int8")
                 else:
                     ap = op.subtract(op.astype(op.reshape(a, (m, k)), "int16"), op.astype(zp, "int16"))
                 self.prepared[key] = self.builder_.emit(ap)
