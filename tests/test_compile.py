@@ -266,7 +266,7 @@ def test_conv_weights_fp32_folds_the_dequantize_exactly():
     """conv2d(x, dequantize(int8 W)) becomes a conv on the float32 weight (w - zp) * s, per output channel."""
     import tvm
     from tvm import relax
-    from edge_slim.aot.lower import conv_weights_fp32_pass
+    from edge_slim.aot.graph_passes import conv_weights_fp32_pass
     rng = np.random.default_rng(3)
     w = rng.integers(-128, 128, (8, 3, 3, 3)).astype(np.int8)
     s, z = rng.uniform(0.001, 0.1, 8).astype(np.float32), rng.integers(-5, 5, 8).astype(np.int8)

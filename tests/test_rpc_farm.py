@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from compile_helpers import arm_env, compiled, has_cc  # noqa: E402
 import edge_slim  # noqa: E402
 from edge_slim.scenes.evaluate import evaluate  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "rpi5-qemu"
 SAMPLES = 2  # each costs ~15 model calls, ~0.5-1.5 s apiece emulated
 

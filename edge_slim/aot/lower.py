@@ -40,6 +40,7 @@ import numpy as np
 from .. import targets as T
 from ..errors import BadInputError, MissingDependencyError, ModelError
 from ..runtime import bundle as B
+from .graph_passes import bounded_gather_pass, conv_weights_fp32_pass, erf_gelu_pass, fuse_dequantize_pass
 from .onnx_rewrites import ONNX_DTYPES, check_operators
 
 COPY_KEYS = ("config", "inputs", "outputs", "tokenizer", "answers", "preprocess", "eval")
@@ -245,115 +246,6 @@ def phase_graph(job: Job):
         from .int8_kernels import strip_layout_free
         job.mod = strip_layout_free(job.mod)
     return job.mod
-
-
-def call_rewrite_pass(name: str, rewrite):
-    """A module pass that replaces every Relax call `c` by `rewrite(c, bound)` (which returns c to keep it;
-    bound(v) is the expression a variable is bound to)."""
-    import tvm
-    from tvm import relax
-
-    @relax.expr_functor.mutator
-    class Rewrite(relax.PyExprMutator):
-        def visit_call_(self, call):
-            return rewrite(super().visit_call_(call), self.bound)
-
-        def bound(self, e):
-            """What a dataflow variable is bound to (e itself when not a bound variable)."""
-            while isinstance(e, relax.Var) and self.lookup_binding(e) is not None:
-                e = self.lookup_binding(e)
-            return e
-
-    @tvm.transform.module_pass(opt_level=0, name=name)
-    def apply(mod, _ctx):
-        for gv, f in list(mod.functions_items()):
-            if isinstance(f, relax.Function):
-                mod[gv] = Rewrite().visit_expr(f)
-        return mod
-    return apply
-
-
-def bounded_gather_pass():
-    """Gathers with run-time indices (token embeddings) use take(mode="clip"): the importer's
-    "fast" mode reads out of bounds (a segfault) on an out-of-range id; clip costs one min/max."""
-    import tvm
-    from tvm import relax
-    take = tvm.ir.Op.get("relax.take")
-
-    def clip(call, _bound):
-        if call.op.same_as(take) and call.attrs.mode == "fast" and not isinstance(call.args[1], tvm.ir.Constant):
-            return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
-        return call
-    return call_rewrite_pass("BoundedGather", clip)
-
-
-def erf_gelu_pass():
-    """nn.gelu (one ONNX Gelu node, opset 20) becomes x * (0.5 + 0.5 * erf(x / sqrt2)), so that FastMath
-    turns its erf into the vectorizable fast_erf: legalized as one op, gelu calls scalar libm erff per
-    element, which made the whole model 1.8x slower (BENCHMARKS.md)."""
-    import tvm
-    from tvm import relax
-    gelu = tvm.ir.Op.get("relax.nn.gelu")
-
-    def decompose(call, _bound):
-        if not call.op.same_as(gelu):
-            return call
-        x = call.args[0]
-        dtype = str(x.ty.dtype)
-        c = lambda v: relax.const(v, dtype)
-        return relax.op.multiply(x, relax.op.add(c(0.5), relax.op.multiply(
-            relax.op.erf(relax.op.multiply(x, c(0.5 ** 0.5))), c(0.5))))
-    return call_rewrite_pass("ErfGelu", decompose)
-
-
-def conv_weights_fp32_pass():
-    """conv2d(x, dequantize(W: int8 constant, s, zp)) -> conv2d(x, fp32 constant): on CPU targets a
-    conv computes in float32 either way (the activations of a QDQ conv are fake-quantized), and with
-    the dequantize fused in, the conv kept neither its layout-rewritten weight nor its bias/GELU epilogue
-    (measured: the stem's convs 1.27x their fp32 time). Costs 3 bytes per conv weight (Tiny: 0.2 MB)."""
-    import tvm
-    from tvm import relax
-    conv, deq = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.dequantize")
-
-    def fold(call, bound):
-        dq = bound(call.args[1]) if call.op.same_as(conv) else None
-        if not (isinstance(dq, relax.Call) and dq.op.same_as(deq)):
-            return call
-        w, s, z = (bound(a) for a in dq.args)
-        if not all(isinstance(e, tvm.ir.Constant) for e in (w, s, z)):
-            return call
-        w, s, z = (e.value.numpy() for e in (w, s, z))
-        shape = [1] * w.ndim
-        shape[int(dq.attrs.axis) % w.ndim] = -1
-        s, z = (v.reshape(shape) if v.ndim else v for v in (s, z))
-        wf = (w.astype(np.int32) - z.astype(np.int32)).astype(np.float32) * s.astype(np.float32)
-        return relax.op.nn.conv2d(call.args[0], relax.const(wf.astype(np.float32)), **_conv_attrs(call.attrs))
-    return call_rewrite_pass("ConvWeightsFp32", fold)
-
-
-def _conv_attrs(a) -> dict:
-    return {"strides": a.strides, "padding": a.padding, "dilation": a.dilation, "groups": a.groups,
-            "data_layout": a.data_layout, "kernel_layout": a.kernel_layout, "out_layout": a.out_layout,
-            "out_dtype": a.out_dtype}
-
-
-def fuse_dequantize_pass():
-    """int8 weights stay int8 in the artifact: the widening or dequantizing of each int8 weight
-    constant (`dequantize(W)` from QDQ graphs, `astype(W, int32) [- zero_point]` from MatMulInteger)
-    is fused into the matmul/conv that consumes it, so the kernel reads int8 and widens in registers,
-    and no constant folding can turn the weight back into a 4-byte-per-element constant."""
-    from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, wildcard
-    w = is_const()
-    deq = is_op("relax.dequantize")(w, wildcard(), wildcard())
-    widen = is_op("relax.astype")(w)
-    widen_zp = is_op("relax.subtract")(widen, wildcard())
-    weights = {"dq": deq, "dq_t": is_op("relax.permute_dims")(deq), "i32": widen, "i32_zp": widen_zp}
-    pats = []
-    for name, op in (("matmul", "relax.matmul"), ("conv2d", "relax.nn.conv2d")):
-        for wname, wp in weights.items():
-            pats.append((f"edge_slim.{wname}_{name}", is_op(op)(wildcard(), wp)))
-    return relax.transform.FuseOpsByPattern(pats, bind_constants=False, annotate_codegen=False)
 
 
 def phase_schedule(job: Job):
