@@ -45,7 +45,8 @@ TVM_KEYS = {"kind", "mtriple", "mcpu", "mattr", "mabi", "mfloat-abi", "num-cores
             "max_threads_per_block", "max_shared_memory_per_block", "thread_warp_size", "registers_per_block",
             "libs", "opt-level", "fast-math"}
 KINDS = ("cpu", "cuda")
-# aot/int8_kernels.py KERNEL_NAMES (repeated here: this module never imports ahead-of-time code)
+# the integer matmul kernels of aot/int8_kernels.py a profile may name (kept here: runtime code validates
+# profiles and never imports ahead-of-time code)
 INT8_KERNELS = ("x86-avx2-madd", "x86-avx512-madd", "x86-vnni", "arm-sdot", "arm-neon-widen")
 SCHEDULES = ("cpu-rules", "dlight-gpu", "none")
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -71,13 +71,13 @@ def _dynamic_quantize_linear_ort(x):
     return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
 
 
-@pytest.mark.parametrize("act_dtype", ["int16", "uint8"])
+@pytest.mark.parametrize("act_dtype", ["int16", "uint8", "int8"])
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("n", [4608, 2048, 100, 5])
 @pytest.mark.parametrize("sign", ["mixed", "positive", "negative"])
 def test_dynamic_quantize_equals_onnx_runtime(act_dtype, lanes, n, sign):
     """One dynamic_quantize kernel gives ONNX Runtime's DynamicQuantizeLinear, bit for bit: scale, zero point
-    and the quantized tensor (as q, or q - zp for the int16 kernels), tails and clipped min/max included."""
+    and the quantized tensor (as q, q - zp for the int16 kernels, q - 128 for ARM's), tails and clipped min/max included."""
     x = np.random.default_rng(n + lanes).normal(size=n).astype(np.float32) * 3
     x = np.abs(x) if sign == "positive" else -np.abs(x) if sign == "negative" else x
     f = K.dynamic_quantize_func(n, lanes, act_dtype).with_attr("global_symbol", "main")
@@ -88,7 +88,8 @@ def test_dynamic_quantize_equals_onnx_runtime(act_dtype, lanes, n, sign):
     lib["main"](tvm.runtime.tensor(x, dev), a, s, z)
     want_q, want_s, want_z = _dynamic_quantize_linear_ort(x)
     assert s.numpy().tobytes() == np.float32(want_s).tobytes() and int(z.numpy()) == int(want_z)
-    want_a = want_q if act_dtype == "uint8" else want_q.astype(np.int16) - np.int16(want_z)
+    want_a = {"uint8": want_q, "int16": want_q.astype(np.int16) - np.int16(want_z),
+              "int8": (want_q.astype(np.int16) - 128).astype(np.int8)}[act_dtype]
     assert np.array_equal(a.numpy(), want_a)
 
 

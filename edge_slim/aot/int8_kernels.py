@@ -30,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..targets import INT8_KERNELS
+
 
 @dataclass(frozen=True)
 class Kernel:
@@ -99,7 +101,7 @@ def kernels() -> dict[str, Kernel]:
 
 PARALLEL_MACS = 1 << 17
 MARK = "edge_slim.int8_kernel"    # PrimFunc attribute naming the kernel
-KERNEL_NAMES = ("x86-avx2-madd", "x86-avx512-madd", "x86-vnni", "arm-sdot", "arm-neon-widen")
+KERNEL_NAMES = INT8_KERNELS      # the names target profiles may give (validated by targets.py)
 
 
 def padded_n(kernel: Kernel, n: int) -> int:
@@ -126,8 +128,6 @@ def column_sums(kernel: Kernel, w: np.ndarray) -> np.ndarray:
 def reference(a: np.ndarray, zp: int, w: np.ndarray) -> np.ndarray:
     """Exact int32 math: (a - zp) @ w, the oracle every kernel must equal."""
     return (a.astype(np.int64) - int(zp)) @ w.astype(np.int64)
-
-
 
 
 def prim_func(kernel: Kernel, m: int, k: int, n: int):
@@ -203,8 +203,8 @@ def prim_func(kernel: Kernel, m: int, k: int, n: int):
 def dynamic_quantize_func(n: int, lanes: int, act_dtype: str):
     """DynamicQuantizeLinear of a float32 tensor of n elements, in one kernel, straight to a matmul kernel's
     activation operand: scale = (max(0, max x) - min(0, min x)) / 255, zp = uint8(round(clip(-min(0, min x)
-    / scale, 0, 255))), q = uint8(clip(round(x / scale) + zp, 0, 255)), and the operand is q (uint8) or
-    q - zp (int16). The same float32 operations in the same order as TVM's import of the op, so the values
+    / scale, 0, 255))), q = uint8(clip(round(x / scale) + zp, 0, 255)), and the operand is q (uint8), q - zp
+    (int16) or q - 128 (int8). The same float32 operations in the same order as TVM's import of the op, so the values
     are identical. The import computes them with two full reductions, three scalar kernels and an
     elementwise one: six launches per quantized activation (44 in Tiny), which cost more than its
     int8 matmuls saved. -> (operand [n], scale [], zp [])."""
@@ -268,6 +268,7 @@ def int8_matmul_pass(kernel_name: str):
     import tvm
     from tvm import relax
 
+    from .graph_passes import bound
     kern = kernels()[kernel_name]
     matmul, astype, subtract, divide, maximum, minimum, rmax, rmin, rround, clip = (
         tvm.ir.Op.get(f"relax.{o}") for o in
@@ -292,12 +293,7 @@ def int8_matmul_pass(kernel_name: str):
             self.stats = {"matmuls": 0, "quantize": 0}
 
         def value(self, e):
-            while isinstance(e, relax.Var):
-                b = self.lookup_binding(e)
-                if b is None:
-                    return e
-                e = b
-            return e
+            return bound(self, e)
 
         def scale_source(self, call):
             """x when call = (maximum(0, max(x)) - minimum(0, min(x))) / 255: DynamicQuantizeLinear's scale."""

@@ -227,10 +227,11 @@ def phase_graph(job: Job):
         passes += [erf_gelu_pass(), relax.transform.FastMathTransform()]
     if job.precision == "fp16":
         passes.append(relax.transform.ToMixedPrecision(out_dtype="float16"))
+    int8_kernel = job.target.int8_kernel if job.precision == "int8" and job.target.kind == "cpu" else None
     if job.precision == "int8":
-        if job.target.int8_kernel and job.target.kind == "cpu":
+        if int8_kernel:
             from .int8_kernels import int8_matmul_pass
-            int8_mm = int8_matmul_pass(job.target.int8_kernel)
+            int8_mm = int8_matmul_pass(int8_kernel)
             passes += [int8_mm, conv_weights_fp32_pass(), relax.transform.DeadCodeElimination()]
         passes.append(fuse_dequantize_pass())
     passes += [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()]
@@ -239,8 +240,8 @@ def phase_graph(job: Job):
     passes += [relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.AttachAttrLayoutFreeBuffers()]
     with job.tvm_target:
         job.mod = tvm.transform.Sequential(passes)(job.mod)
-    if job.precision == "int8" and job.target.int8_kernel and job.target.kind == "cpu":
-        job.flags["int8_kernel"] = job.target.int8_kernel
+    if int8_kernel:
+        job.flags["int8_kernel"] = int8_kernel
         job.flags["int8_matmuls_integer"] = int8_mm.stats["matmuls"]
         job.flags["int8_dynamic_quantize_fused"] = int8_mm.stats["quantize"]
         from .int8_kernels import strip_layout_free
