@@ -20,6 +20,10 @@ saturation; smull's int8 x int8 products (|p| <= 16,384) fit int16 and saddlp wi
 the zero-point corrections use colsum(W) (sum over k of each column), computed at compile time.
 ONNX Runtime's AVX2 kernels, by contrast, use vpmaddubsw, which saturates (int8_arith.py).
 
+QDQ convs (a uint8 activation with constant scale and zero point, int8 weights) run on the same kernels:
+an im2col kernel writes the NHWC patch matrix in the kernel's operand type, then one float multiply per
+channel dequantizes the exact sums.
+
 Weights are packed once, at compile time, as [N/L, K/G, L, G] (L int32 lanes per vector, G products per
 lane), zero-padded to whole vectors, and stay int8 in the library.
 """
@@ -261,8 +265,8 @@ def dynamic_quantize_func(n: int, lanes: int, act_dtype: str):
 
 def int8_matmul_pass(kernel_name: str):
     """A Relax module pass: every `matmul(astype(a: uint8) - astype(zp), astype(W: int8 constant) [- 0])` with
-    int32 output (TVM's import of MatMulInteger) becomes a call of the named kernel on the packed weight.
-    Matmuls of any other form (fp32, non-constant or asymmetric weights, K not a multiple of the kernel's
+    int32 output (TVM's import of MatMulInteger) becomes a call of the named kernel on the packed weight, and
+    so does every QDQ conv2d (see `conv`) through im2col. Matmuls and convs of any other form (fp32, non-constant or asymmetric weights, K not a multiple of the kernel's
     group, a batch of more than one) are left as they are. Run DeadCodeElimination after it: the widened
     weights it no longer reads must not be folded into int32 constants."""
     import tvm
@@ -273,7 +277,7 @@ def int8_matmul_pass(kernel_name: str):
     matmul, astype, subtract, divide, maximum, minimum, rmax, rmin, rround, clip = (
         tvm.ir.Op.get(f"relax.{o}") for o in
         ("matmul", "astype", "subtract", "divide", "maximum", "minimum", "max", "min", "round", "clip"))
-    quantize = tvm.ir.Op.get("relax.quantize")
+    quantize, dequantize, conv2d = (tvm.ir.Op.get(f"relax.{o}") for o in ("quantize", "dequantize", "nn.conv2d"))
 
     def is_const(e, v):
         return isinstance(e, tvm.ir.Constant) and e.ty.ndim == 0 and float(e.value.numpy()) == v
@@ -290,7 +294,7 @@ def int8_matmul_pass(kernel_name: str):
             super().__init__(mod)
             self.prepared: dict = {}
             self.quantized: dict = {}   # x -> its dynamic_quantize call (operand, scale, zp)
-            self.stats = {"matmuls": 0, "quantize": 0}
+            self.stats = {"matmuls": 0, "quantize": 0, "convs": 0}
 
         def value(self, e):
             return bound(self, e)
@@ -384,6 +388,9 @@ def int8_matmul_pass(kernel_name: str):
             p = self.zp_source(call)
             if p is not None:
                 return relax.TupleGetItem(p, 2)
+            if is_call(call, conv2d):
+                y = self.conv(call)
+                return call if y is None else y
             if not is_call(call, matmul) or out_dtype != "int32":
                 return call
             act, w = self.activation(call.args[0]), self.weight(call.args[1])
@@ -403,6 +410,54 @@ def int8_matmul_pass(kernel_name: str):
             self.stats["matmuls"] += 1
             out = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((m, w.shape[1]), "int32")))
             return relax.op.reshape(out, (*shape[:-1], w.shape[1]))   # fused into the dequantizing epilogue
+
+        def conv(self, call):
+            """conv2d(dequantize(q: uint8, s, zp), dequantize(W: int8 constant, per-channel scales, 0)) (a QDQ conv
+            of the stem) -> im2col of q into the kernel's operand type, the kernel, then one float multiply by
+            s * s_W per channel and the layout back to NCHW. The sums are exact integers; the fp32 conv it
+            replaces rounded at every product (outputs differ by float rounding only). None if not that form."""
+            at = call.attrs
+            if (int(at.groups) != 1 or at.data_layout != "NCHW" or at.kernel_layout != "OIHW"
+                    or at.out_layout != "NCHW" or str(at.out_dtype) not in ("None", "", "float32", "void")):
+                return None
+            x, wd = self.value(call.args[0]), self.value(call.args[1])
+            if not (is_call(x, dequantize) and is_call(wd, dequantize)):
+                return None
+            q, sx, zx = x.args[0], self.value(x.args[1]), self.value(x.args[2])
+            w, sw, zw = (self.value(v) for v in wd.args)
+            consts = (sx, zx, w, sw, zw)
+            if not all(isinstance(c, tvm.ir.Constant) for c in consts) or dtype_of(q) != "uint8":
+                return None
+            sx, zx, w, sw, zw = (c.value.numpy() for c in consts)
+            if sx.ndim or zx.ndim or w.dtype != np.int8 or w.ndim != 4 or zw.any() or int(wd.attrs.axis) % 4:
+                return None
+            shape = [int(d) for d in q.ty.shape.values]
+            o, c, kh, kw = w.shape
+            k = c * kh * kw
+            if shape[0] != 1 or shape[1] != c or k % kern.group:
+                return None
+            (sh, sw_), (dh, dw), (pt, pl, pb, pr) = ([int(v) for v in t] for t in (at.strides, at.dilation, at.padding))
+            h, wi = shape[2], shape[3]
+            oh, ow = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (wi + pl + pr - dw * (kw - 1) - 1) // sw_ + 1
+            m, zp = oh * ow, int(zx)
+            # NHWC: each patch row is KH*KW runs of C contiguous channels. The transpose fuses into the
+            # producer of q (the previous conv's epilogue, which then writes its [M, O] sums in place).
+            nhwc = self.builder_.emit(relax.op.permute_dims(q, [0, 2, 3, 1]))
+            im2col = im2col_func(kern, zp, shape, (kh, kw), (sh, sw_), (pt, pl), (dh, dw), (oh, ow))
+            cols = self.builder_.emit(relax.call_tir(self.builder_.add_func(im2col, "im2col"), [nhwc],
+                                                     relax.TensorType((oh, ow, kh, kw, c), kern.act_dtype)))
+            cols = self.builder_.emit(relax.op.reshape(cols, (m, k)))
+            wk = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(k, o))   # [K, N], K ordered (kh, kw, c)
+            f = prim_func(kern, m, k, o).without_attr("global_symbol")
+            gv = self.builder_.add_func(f, f"int8_conv_{kern.name.replace('-', '_')}")
+            args = [cols, relax.const(pack_weight(kern, wk))]
+            if kern.corrected:
+                args = [cols, relax.const(np.uint8(zp)), args[1], relax.const(column_sums(kern, wk))]
+            acc = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((m, o), "int32")))
+            scale = (np.float64(sx) * sw.astype(np.float64).reshape(-1) * np.ones(o)).astype(np.float32)
+            y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+            self.stats["convs"] += 1
+            return relax.op.permute_dims(relax.op.reshape(y, (1, oh, ow, o)), [0, 3, 1, 2])
 
         def prepare(self, a, zp, m):
             """The kernel's [m, K] activation operand (one binding per activation, shared by its Q/K/V matmuls):
@@ -436,6 +491,35 @@ def int8_matmul_pass(kernel_name: str):
         apply.stats = rw.stats
         return rw.builder_.get()
     return apply
+
+
+def im2col_func(kern: Kernel, zp: int, in_shape, kernel_hw, strides, pads, dilation, out_hw):
+    """The PrimFunc writing the [OH, OW, KH, KW, C] patches (viewed as the [OH*OW, KH*KW*C] matrix) of a
+    [1, H, W, C] uint8 tensor in the kernel's operand type (q, q - zp or q - 128), padded with the zero point's
+    operand: the innermost loop copies C contiguous channels. Marked opaque: fused, FuseOps would merge the
+    previous conv's epilogue (GELU, quantize) into it and recompute it for each of the KH*KW patches that read
+    an element (measured: 3x slower than the fp32 conv it replaces)."""
+    from tvm import te, tirx
+    (kh, kw), (sh, sw), (pt, pl), (dh, dw) = kernel_hw, strides, pads, dilation
+    _, c, h, w = in_shape
+    dt = kern.act_dtype
+
+    def operand(v):  # v: uint8
+        if dt == "uint8":
+            return v
+        if dt == "int16":
+            return v.astype("int16") - tirx.const(zp, "int16")
+        return (v.astype("int16") - tirx.const(128, "int16")).astype("int8")
+
+    x = te.placeholder((1, h, w, c), "uint8", name="x")
+    pad = operand(tirx.const(zp, "uint8"))
+
+    def at(oh, ow, i, j, ci):
+        ih, iw = oh * sh - pt + i * dh, ow * sw - pl + j * dw
+        inside = tirx.all(ih >= 0, ih < h, iw >= 0, iw < w)
+        return tirx.if_then_else(inside, operand(x[0, ih, iw, ci]), pad)
+    cols = te.compute((*out_hw, kh, kw, c), at, name="im2col")
+    return te.create_prim_func([x, cols]).with_attr("op_pattern", 8).without_attr("global_symbol")
 
 
 def strip_layout_free(mod):

@@ -244,6 +244,7 @@ def phase_graph(job: Job):
         job.flags["int8_kernel"] = int8_kernel
         job.flags["int8_matmuls_integer"] = int8_mm.stats["matmuls"]
         job.flags["int8_dynamic_quantize_fused"] = int8_mm.stats["quantize"]
+        job.flags["int8_convs_integer"] = int8_mm.stats["convs"]
         from .int8_kernels import strip_layout_free
         job.mod = strip_layout_free(job.mod)
     return job.mod
