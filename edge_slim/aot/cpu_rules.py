@@ -287,21 +287,19 @@ class Contraction(_Rule):
         if not cands:
             return None
         cands.sort(key=lambda c: c[:3])
-        _, _, _, vi, repack = cands[0]
-        vvar = iters[vi].var
-        # the row axis: innermost other spatial var that the vector-side operand does not read
-        vec_side = [loads for loads in operands if _factor_access(loads, vvar) != "bcast"]
-        mi = None
-        for si in reversed(spatial):
-            if si == vi or exts[si] < 2:
-                continue
-            if all(_factor_access(loads, iters[si].var) == "bcast" for loads in vec_side):
-                mi = si
-                break
-        m_ext = exts[mi] if mi is not None else 1
-        tile = _pick_tile(exts[vi], m_ext, self.isa, out_dtype_bits)
-        if tile is None:
+        # the candidate whose register tile does the most multiply-adds per step (ties: the order above).
+        # A stride-1 conv's rows (xx) of 10, 20 or 40 fit no tile or a small one; its output channels, with
+        # the weight repacked at compile time, fit a full one (YOLOv8n: 5.4x faster, BENCHMARKS.md)
+        plans = []
+        for _, _, _, vi, repack in cands:
+            mi = _row_axis(iters, spatial, exts, operands, vi)
+            tile = _pick_tile(exts[vi], exts[mi] if mi is not None else 1, self.isa, out_dtype_bits)
+            if tile is not None:
+                plans.append((-tile[0] * tile[1] * tile[2], len(plans), vi, repack, mi, tile))
+        if not plans:
             return None
+        _, _, vi, repack, mi, tile = min(plans)
+        vvar = iters[vi].var
         mr, nv, lanes = tile
         nr = nv * lanes
 
@@ -352,6 +350,19 @@ class Contraction(_Rule):
         # epilogue on the tile: vectorize its innermost loop
         _vectorize_inner(sch, epi, lanes, max_lanes=nr)
         return sch
+
+
+def _row_axis(iters, spatial, exts, operands, vi):
+    """The row axis of a tile vectorized along iters[vi]: the innermost other spatial axis that the
+    vector-side operand does not read (None: one row)."""
+    vvar = iters[vi].var
+    vec_side = [loads for loads in operands if _factor_access(loads, vvar) != "bcast"]
+    for si in reversed(spatial):
+        if si == vi or exts[si] < 2:
+            continue
+        if all(_factor_access(loads, iters[si].var) == "bcast" for loads in vec_side):
+            return si
+    return None
 
 
 def _out_pos(out_idx, var) -> int:

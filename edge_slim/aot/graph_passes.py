@@ -69,6 +69,57 @@ def erf_gelu_pass():
     return call_rewrite_pass("ErfGelu", decompose)
 
 
+def softmax_last_axis_pass():
+    """softmax over an inner axis -> transpose it last, softmax, transpose back. The CPU rules compute a
+    softmax row by row along the last axis; over an inner one (YOLOv8's distribution head: 16 bins on axis
+    1 of [1, 16, 4, 2100]) they recomputed the row max and sum for every element (measured 2.9 ms; the
+    transposes fuse into the kernels around it)."""
+    import tvm
+    from tvm import relax
+    softmax = tvm.ir.Op.get("relax.nn.softmax")
+
+    def move_last(call, _bound):
+        if not call.op.same_as(softmax):
+            return call
+        x = call.args[0]
+        nd = x.ty.ndim
+        axis = int(call.attrs.axis) % nd if nd > 0 else -1
+        if nd < 2 or axis == nd - 1:
+            return call
+        perm = [d for d in range(nd) if d != axis] + [axis]
+        back = [perm.index(d) for d in range(nd)]
+        y = relax.op.nn.softmax(relax.op.permute_dims(x, perm), axis=-1)
+        return relax.op.permute_dims(y, back)
+    return call_rewrite_pass("SoftmaxLastAxis", move_last)
+
+
+def pad_matmul_columns_pass(multiple: int = 16):
+    """matmul(x, W: float32 constant [K, N]) with N not a multiple of `multiple` -> matmul with W zero-padded
+    to one, then the first N columns (a slice fused into what follows). The CPU rules' register tile needs N
+    in whole vectors; without them (the OCR recognizer's 6,625 classes) the matmul ran unscheduled, 24 ms of
+    the model's 47. Costs the padding's bytes (at most multiple - 1 columns of W)."""
+    import tvm
+    from tvm import relax
+    matmul = tvm.ir.Op.get("relax.matmul")
+
+    def pad(call, bound):
+        if not call.op.same_as(matmul):
+            return call
+        w = bound(call.args[1])
+        if not isinstance(w, tvm.ir.Constant) or w.ty.ndim != 2 or str(w.ty.dtype) != "float32":
+            return call
+        wv = w.value.numpy()
+        k, n = wv.shape
+        if n % multiple == 0 or n < multiple:
+            return call
+        wp = np.zeros((k, -(-n // multiple) * multiple), np.float32)
+        wp[:, :n] = wv
+        y = relax.op.matmul(call.args[0], relax.const(wp), out_dtype=call.attrs.out_dtype)
+        nd = call.args[0].ty.ndim
+        return relax.op.strided_slice(y, axes=[max(nd, 2) - 1], begin=[0], end=[n])
+    return call_rewrite_pass("PadMatmulColumns", pad)
+
+
 def conv_weights_fp32_pass():
     """conv2d(x, dequantize(W: int8 constant, s, zp)) -> conv2d(x, fp32 constant): on CPU targets a
     conv computes in float32 either way (the activations of a QDQ conv are fake-quantized), and with

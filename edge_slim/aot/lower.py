@@ -40,7 +40,8 @@ import numpy as np
 from .. import targets as T
 from ..errors import BadInputError, MissingDependencyError, ModelError
 from ..runtime import bundle as B
-from .graph_passes import bounded_gather_pass, conv_weights_fp32_pass, erf_gelu_pass, fuse_dequantize_pass
+from .graph_passes import (bounded_gather_pass, conv_weights_fp32_pass, erf_gelu_pass, fuse_dequantize_pass,
+                           pad_matmul_columns_pass, softmax_last_axis_pass)
 from .onnx_rewrites import ONNX_DTYPES, check_operators
 
 COPY_KEYS = ("config", "inputs", "outputs", "tokenizer", "answers", "preprocess", "eval")
@@ -222,7 +223,9 @@ def phase_graph(job: Job):
     import tvm
     from tvm import relax
     job.tvm_target = tvm.target.Target(job.target.tvm_target(cuda_arch=job.cuda_arch))
-    passes = [relax.transform.DecomposeOpsForInference(), bounded_gather_pass()]
+    passes = [relax.transform.DecomposeOpsForInference(), bounded_gather_pass(), softmax_last_axis_pass()]
+    if job.target.kind == "cpu" and job.recipe.schedule == "cpu-rules":
+        passes.append(pad_matmul_columns_pass())
     if job.recipe.fast_math:
         passes += [erf_gelu_pass(), relax.transform.FastMathTransform()]
     if job.precision == "fp16":
