@@ -93,11 +93,11 @@ def softmax_last_axis_pass():
     return call_rewrite_pass("SoftmaxLastAxis", move_last)
 
 
-def pad_matmul_columns_pass(multiple: int = 16):
-    """matmul(x, W: float32 constant [K, N]) with N not a multiple of `multiple` -> matmul with W zero-padded
-    to one, then the first N columns (a slice fused into what follows). The CPU rules' register tile needs N
-    in whole vectors; without them (the OCR recognizer's 6,625 classes) the matmul ran unscheduled, 24 ms of
-    the model's 47. Costs the padding's bytes (at most multiple - 1 columns of W)."""
+def pad_matmul_columns_pass(lanes: int = 8, multiple: int = 16):
+    """matmul(x, W: float32 constant [K, N]) with N not a multiple of `lanes` -> matmul with W zero-padded to
+    a multiple of `multiple`, then the first N columns (a slice fused into what follows). The CPU rules'
+    register tile needs N in whole vectors; without them (the OCR recognizer's 6,625 classes) the matmul ran
+    unscheduled, 24 ms of the model's 47. Costs the padding's bytes (at most multiple - 1 columns of W)."""
     import tvm
     from tvm import relax
     matmul = tvm.ir.Op.get("relax.matmul")
@@ -110,7 +110,7 @@ def pad_matmul_columns_pass(multiple: int = 16):
             return call
         wv = w.value.numpy()
         k, n = wv.shape
-        if n % multiple == 0 or n < multiple:
+        if n % lanes == 0 or n < multiple:
             return call
         wp = np.zeros((k, -(-n // multiple) * multiple), np.float32)
         wp[:, :n] = wv
