@@ -79,3 +79,35 @@ def test_inner_axis_softmax_and_odd_width_matmul_match_onnx_runtime(tmp_path):
     want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sigmoid_vectorizes_without_libm(tmp_path):
+    """SiLU (x * sigmoid(x), after every YOLOv8 conv) compiles to fast_exp: float64 math's values (as close
+    as ONNX Runtime's), and no
+    scalar expf call left in the library (sigmoid legalized as one op called expf per element)."""
+    import shutil
+    import subprocess
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import TensorProto, helper
+    from edge_slim.aot.lower import compile_model
+    from edge_slim.runtime import bundle as B
+    from edge_slim.runtime.backends import backend_class
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
+    g = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 20, 20])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 20, 20])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(m, tmp_path / "silu.onnx")
+    compile_model(tmp_path / "silu.onnx", "x86-64", out=tmp_path / "c", split=False)
+    x = (np.random.default_rng(0).standard_normal((1, 8, 20, 20)) * 30).astype(np.float32)
+    got = backend_class("tvm")(B.open_bundle(tmp_path / "c"), threads=1).run({"x": x})["y"]
+    x64 = x.astype(np.float64)
+    exact = x64 / (1 + np.exp(-x64))
+    ort_y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, exact, rtol=1e-5, atol=2e-6)   # ORT's own sigmoid is off by up to 1.3e-6
+    np.testing.assert_allclose(ort_y, exact, rtol=1e-5, atol=2e-6)
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("no objdump (binutils)")
+    asm = subprocess.run([objdump, "-d", str(tmp_path / "c" / "model.so")], capture_output=True, text=True).stdout
+    assert "expf" not in asm

@@ -69,6 +69,23 @@ def erf_gelu_pass():
     return call_rewrite_pass("ErfGelu", decompose)
 
 
+def sigmoid_exp_pass():
+    """sigmoid(x) -> 1 / (1 + exp(-x)), so that FastMath turns the exp into the vectorizable fast_exp:
+    legalized as one op, sigmoid lowers to a scalar libm expf call per element (173 call sites in YOLOv8n,
+    whose SiLU follows every conv)."""
+    import tvm
+    from tvm import relax
+    sigmoid = tvm.ir.Op.get("relax.sigmoid")
+
+    def expand(call, _bound):
+        if not call.op.same_as(sigmoid):
+            return call
+        x = call.args[0]
+        one = relax.const(1.0, str(x.ty.dtype))
+        return relax.op.divide(one, relax.op.add(one, relax.op.exp(relax.op.negative(x))))
+    return call_rewrite_pass("SigmoidExp", expand)
+
+
 def softmax_last_axis_pass():
     """softmax over an inner axis -> transpose it last, softmax, transpose back. The CPU rules compute a
     softmax row by row along the last axis; over an inner one (YOLOv8's distribution head: 16 bins on axis

@@ -41,7 +41,7 @@ from .. import targets as T
 from ..errors import BadInputError, MissingDependencyError, ModelError
 from ..runtime import bundle as B
 from .graph_passes import (bounded_gather_pass, conv_weights_fp32_pass, erf_gelu_pass, fuse_dequantize_pass,
-                           pad_matmul_columns_pass, softmax_last_axis_pass)
+                           pad_matmul_columns_pass, sigmoid_exp_pass, softmax_last_axis_pass)
 from .onnx_rewrites import ONNX_DTYPES, check_operators
 
 COPY_KEYS = ("config", "inputs", "outputs", "tokenizer", "answers", "preprocess", "eval")
@@ -227,7 +227,7 @@ def phase_graph(job: Job):
     if job.target.kind == "cpu" and job.recipe.schedule == "cpu-rules":
         passes.append(pad_matmul_columns_pass())
     if job.recipe.fast_math:
-        passes += [erf_gelu_pass(), relax.transform.FastMathTransform()]
+        passes += [erf_gelu_pass(), sigmoid_exp_pass(), relax.transform.FastMathTransform()]
     if job.precision == "fp16":
         passes.append(relax.transform.ToMixedPrecision(out_dtype="float16"))
     int8_kernel = job.target.int8_kernel if job.precision == "int8" and job.target.kind == "cpu" else None
