@@ -53,6 +53,33 @@ def test_contraction_schedules_stride1_convs_with_narrow_rows(c, o, hw, k, strid
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
 
 
+def test_depthwise_conv_tile_has_rows():
+    """A depthwise conv (every axis reads the input; the weight is broadcast along rows and columns) gets a
+    register tile of several rows, each loading its own input vectors; the result equals float64 math."""
+    from tvm import te, topi
+    c, hw, k = 24, 20, 5
+    x = te.placeholder((1, c, hw, hw), name="x")
+    w = te.placeholder((c, 1, k, k), name="w")
+    f = te.create_prim_func([x, w, topi.nn.depthwise_conv2d_nchw(x, w, 1, 2, 1)]).with_attr("layout_free_buffers", [1])
+    tgt = tvm.target.Target(T.get_target("x86-64").tvm_target(cores=1))
+    sch = R.Contraction(R.Isa(256, 16)).apply(f, tgt, False)
+    assert sch is not None
+    assert any(str(inst.kind.name) == "Unroll" for inst in sch.trace.insts) and "T.unroll(10)" in sch.mod.script()
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=tgt)
+    rng = np.random.default_rng(7)
+    xv = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+    wv = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    xp = np.pad(xv.astype(np.float64), ((0, 0), (0, 0), (2, 2), (2, 2)))
+    want = np.zeros((1, c, hw, hw))
+    for i in range(k):
+        for j in range(k):
+            want[0] += xp[0, :, i:i + hw, j:j + hw] * wv[:, 0, i, j, None, None]
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(want.shape, np.float32), dev)
+    lib["main"](tvm.runtime.tensor(xv, dev), tvm.runtime.tensor(wv, dev), out)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
 def test_inner_axis_softmax_and_odd_width_matmul_match_onnx_runtime(tmp_path):
     """softmax over axis 1 (moved last by softmax_last_axis_pass) and a matmul to 100 columns (padded to 112
     by pad_matmul_columns_pass, then sliced) give ONNX Runtime's outputs."""
