@@ -111,7 +111,8 @@ ARM_ENV_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "arm-env.s
 
 
 def arm_env() -> dict | None:
-    """Build (or reuse) the qemu environment; None with the reason printed if it cannot be had."""
+    """Build (or reuse) the qemu environment: its variables; None without bash or the script; the test is
+    skipped, with the script's last line as the reason, if the script fails."""
     if shutil.which("bash") is None or not ARM_ENV_SCRIPT.exists():
         return None
     r = subprocess.run(["bash", str(ARM_ENV_SCRIPT)], capture_output=True, text=True, timeout=900)

@@ -1,7 +1,8 @@
 """Relax graph passes of the compile pipeline's `graph` phase (aot/lower.py), each one a rewrite with a reason:
-token gathers that cannot read out of bounds, GELU in a form FastMath vectorizes, int8 weights kept int8 by
+token gathers that cannot read out of bounds, GELU and sigmoid in forms FastMath vectorizes, softmax along the
+last axis and matmul widths in whole vectors (the shapes the CPU rules schedule), int8 weights kept int8 by
 fusing their widening into the consumer, and int8 conv weights folded to fp32 where the conv computes fp32.
-The int8 matmul kernels have their own module (int8_kernels.py)."""
+The int8 matmul and conv kernels have their own module (int8_kernels.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -132,8 +133,7 @@ def pad_matmul_columns_pass(lanes: int = 8, multiple: int = 16):
         wp = np.zeros((k, -(-n // multiple) * multiple), np.float32)
         wp[:, :n] = wv
         y = relax.op.matmul(call.args[0], relax.const(wp), out_dtype=call.attrs.out_dtype)
-        nd = call.args[0].ty.ndim
-        return relax.op.strided_slice(y, axes=[max(nd, 2) - 1], begin=[0], end=[n])
+        return relax.op.strided_slice(y, axes=[call.args[0].ty.ndim - 1], begin=[0], end=[n])   # y's last axis
     return call_rewrite_pass("PadMatmulColumns", pad)
 
 

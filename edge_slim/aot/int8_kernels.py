@@ -263,12 +263,13 @@ def dynamic_quantize_func(n: int, lanes: int, act_dtype: str):
     return dynamic_quantize
 
 
-def int8_matmul_pass(kernel_name: str):
+def int8_matmul_pass(kernel_name: str, stats: dict | None = None):
     """A Relax module pass: every `matmul(astype(a: uint8) - astype(zp), astype(W: int8 constant) [- 0])` with
     int32 output (TVM's import of MatMulInteger) becomes a call of the named kernel on the packed weight, and
-    so does every QDQ conv2d (see `conv`) through im2col. Matmuls and convs of any other form (fp32, non-constant or asymmetric weights, K not a multiple of the kernel's
-    group, a batch of more than one) are left as they are. Run DeadCodeElimination after it: the widened
-    weights it no longer reads must not be folded into int32 constants."""
+    so does every QDQ conv2d (see `conv`) through im2col. Matmuls and convs of any other form (fp32,
+    non-constant or asymmetric weights, K not a multiple of the kernel's group, a batch of more than one) are
+    left as they are. Run DeadCodeElimination after it: the widened weights it no longer reads must not be
+    folded into int32 constants. `stats`, when given, receives the counts (matmuls, quantize, convs)."""
     import tvm
     from tvm import relax
 
@@ -429,7 +430,8 @@ def int8_matmul_pass(kernel_name: str):
             if not all(isinstance(c, tvm.ir.Constant) for c in consts) or dtype_of(q) != "uint8":
                 return None
             sx, zx, w, sw, zw = (c.value.numpy() for c in consts)
-            if sx.ndim or zx.ndim or w.dtype != np.int8 or w.ndim != 4 or zw.any() or int(wd.attrs.axis) % 4:
+            per_channel_o = sw.ndim == 0 or int(wd.attrs.axis) % 4 == 0   # scales along the output channels
+            if sx.ndim or zx.ndim or w.dtype != np.int8 or w.ndim != 4 or zw.any() or not per_channel_o:
                 return None
             shape = [int(d) for d in q.ty.shape.values]
             o, c, kh, kw = w.shape
@@ -454,7 +456,7 @@ def int8_matmul_pass(kernel_name: str):
             if kern.corrected:
                 args = [cols, relax.const(np.uint8(zp)), args[1], relax.const(column_sums(kern, wk))]
             acc = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((m, o), "int32")))
-            scale = (np.float64(sx) * sw.astype(np.float64).reshape(-1) * np.ones(o)).astype(np.float32)
+            scale = (np.float64(sx) * np.broadcast_to(sw.astype(np.float64).reshape(-1), (o,))).astype(np.float32)
             y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
             self.stats["convs"] += 1
             return relax.op.permute_dims(relax.op.reshape(y, (1, oh, ow, o)), [0, 3, 1, 2])
@@ -488,7 +490,8 @@ def int8_matmul_pass(kernel_name: str):
             if isinstance(f, relax.Function):
                 rw.prepared.clear()
                 rw.builder_.update_func(gv, rw.visit_expr(f))
-        apply.stats = rw.stats
+        if stats is not None:
+            stats.update(rw.stats)
         return rw.builder_.get()
     return apply
 

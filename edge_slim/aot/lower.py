@@ -234,8 +234,9 @@ def phase_graph(job: Job):
     if job.precision == "int8":
         if int8_kernel:
             from .int8_kernels import int8_matmul_pass
-            int8_mm = int8_matmul_pass(int8_kernel)
-            passes += [int8_mm, conv_weights_fp32_pass(), relax.transform.DeadCodeElimination()]
+            int8_stats: dict = {}
+            passes += [int8_matmul_pass(int8_kernel, int8_stats), conv_weights_fp32_pass(),
+                       relax.transform.DeadCodeElimination()]
         passes.append(fuse_dequantize_pass())
     passes += [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()]
     if job.precision != "int8":  # FoldConstant would turn int8 weights back into fp32 constants
@@ -245,9 +246,9 @@ def phase_graph(job: Job):
         job.mod = tvm.transform.Sequential(passes)(job.mod)
     if int8_kernel:
         job.flags["int8_kernel"] = int8_kernel
-        job.flags["int8_matmuls_integer"] = int8_mm.stats["matmuls"]
-        job.flags["int8_dynamic_quantize_fused"] = int8_mm.stats["quantize"]
-        job.flags["int8_convs_integer"] = int8_mm.stats["convs"]
+        job.flags["int8_matmuls_integer"] = int8_stats["matmuls"]
+        job.flags["int8_dynamic_quantize_fused"] = int8_stats["quantize"]
+        job.flags["int8_convs_integer"] = int8_stats["convs"]
         from .int8_kernels import strip_layout_free
         job.mod = strip_layout_free(job.mod)
     return job.mod
