@@ -107,6 +107,38 @@ def sample_inputs(n: int, seed: int = 0):
         yield {"image": rng.standard_normal((1, 3, 96, 96)).astype(np.float32), "tokens": tok}
 
 
+def qdq_conv_model(c, o, k, stride, pad, seed):
+    """x -> QuantizeLinear -> DequantizeLinear -> Conv(DequantizeLinear(int8 W, per-channel scales), bias): the
+    form of a QDQ stem conv, and the exact result of its integer arithmetic (float64) as the oracle."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(seed)
+    s_x, z_x = np.float32(0.05), np.uint8(rng.integers(1, 255))
+    w = rng.integers(-128, 128, (o, c, k, k)).astype(np.int8)
+    s_w = (rng.random(o) * 0.02 + 0.001).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    inits = [numpy_helper.from_array(v, n) for v, n in ((np.array(s_x), "sx"), (np.array(z_x), "zx"), (w, "w"),
+             (s_w, "sw"), (np.zeros(o, np.int8), "zw"), (bias, "b"))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd", "b"], ["y"], strides=[stride] * 2, pads=[pad] * 4)]
+    h = 13
+    oh = (h + 2 * pad - k) // stride + 1
+    g = helper.make_graph(nodes, "qdq_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, o, oh, oh])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = (rng.standard_normal((1, c, h, h)) * 4).astype(np.float32)
+    q = np.clip(np.round(x / s_x) + int(z_x), 0, 255)
+    qp = np.pad(q - int(z_x), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    acc = np.zeros((o, oh, oh))
+    for i in range(k):
+        for j in range(k):
+            patch = qp[0, :, i:i + stride * oh:stride, j:j + stride * oh:stride]   # [c, oh, oh]
+            acc += np.einsum("chw,oc->ohw", patch, w[:, :, i, j].astype(np.float64))
+    want = acc * (np.float64(s_x) * s_w.astype(np.float64))[:, None, None] + bias[:, None, None]
+    return m, x, want[None]
+
+
 ARM_ENV_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "arm-env.sh"
 
 

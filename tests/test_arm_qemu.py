@@ -162,3 +162,40 @@ def test_arm_int8_artifact_uses_the_integer_kernel_and_matches_ort(target, tmp_p
         assert err < 0.02 * max(1.0, float(np.abs(ref).max())), err   # as tests/test_compile.py's x86 int8 check
         agree += int(got[f"answer_logits{i}"].argmax() == ref.argmax())
     assert agree >= 3
+
+
+CONV_GUEST = r"""
+import sys
+import numpy as np
+from edge_slim.runtime.bundle import open_bundle
+from edge_slim.runtime.backends import backend_class
+data = np.load(sys.argv[2])
+out = {k: backend_class("tvm")(open_bundle(f"{sys.argv[1]}/{k}"), threads=1).run({"x": data[k]})["y"] for k in data.files}
+np.savez(sys.argv[3], **out)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_cc("rpi5"), reason="no aarch64 cross compiler")
+@pytest.mark.skipif(sys.platform != "linux", reason="qemu user-mode emulation is Linux-only")
+@pytest.mark.parametrize("target", list(ARM_KERNELS.values()))
+def test_arm_qdq_conv_runs_as_integer_conv_under_qemu(target, tmp_path):
+    """QDQ convs compiled for a Pi run on its integer kernel through im2col (the int8 operand a - 128 and its
+    correction): under qemu, equal to exact integer math for a strided padded 3x3, an unpadded 3x3 and a 1x1."""
+    import onnx
+    from compile_helpers import qdq_conv_model
+    from edge_slim.aot.lower import compile_model
+    cases, want = {}, {}
+    for j, (c, o, k, stride, pad) in enumerate([(32, 64, 3, 2, 1), (8, 16, 3, 1, 0), (12, 48, 1, 1, 0)]):
+        m, x, want[f"c{j}"] = qdq_conv_model(c, o, k, stride, pad, seed=j)
+        onnx.save(m, tmp_path / f"c{j}.onnx")
+        r = compile_model(tmp_path / f"c{j}.onnx", target, out=tmp_path / "art" / f"c{j}", split=False)
+        assert r["compile"]["flags"]["int8_convs_integer"] == 1
+        cases[f"c{j}"] = x
+    np.savez(tmp_path / "in.npz", **cases)
+    (tmp_path / "guest.py").write_text(CONV_GUEST)
+    r = run_in_arm_guest(tmp_path / "guest.py", str(tmp_path / "art"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    for key, w in want.items():
+        np.testing.assert_allclose(got[key], w, rtol=1e-5, atol=1e-4, err_msg=key)

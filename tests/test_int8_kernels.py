@@ -133,38 +133,6 @@ def test_int8_artifact_multiplies_with_vpmaddwd():
     assert asm.count("vpmulld") < asm.count("vpmaddwd") / 4
 
 
-def _qdq_conv_model(c, o, k, stride, pad, seed):
-    """x -> QuantizeLinear -> DequantizeLinear -> Conv(DequantizeLinear(int8 W, per-channel scales), bias): the
-    form of a QDQ stem conv, and the exact result of its integer arithmetic (float64) as the oracle."""
-    from onnx import TensorProto, helper, numpy_helper
-    rng = np.random.default_rng(seed)
-    s_x, z_x = np.float32(0.05), np.uint8(rng.integers(1, 255))
-    w = rng.integers(-128, 128, (o, c, k, k)).astype(np.int8)
-    s_w = (rng.random(o) * 0.02 + 0.001).astype(np.float32)
-    bias = rng.standard_normal(o).astype(np.float32)
-    inits = [numpy_helper.from_array(v, n) for v, n in ((np.array(s_x), "sx"), (np.array(z_x), "zx"), (w, "w"),
-             (s_w, "sw"), (np.zeros(o, np.int8), "zw"), (bias, "b"))]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "sx", "zx"], ["xd"]),
-             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=0),
-             helper.make_node("Conv", ["xd", "wd", "b"], ["y"], strides=[stride] * 2, pads=[pad] * 4)]
-    h = 13
-    oh = (h + 2 * pad - k) // stride + 1
-    g = helper.make_graph(nodes, "qdq_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, o, oh, oh])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    x = (rng.standard_normal((1, c, h, h)) * 4).astype(np.float32)
-    q = np.clip(np.round(x / s_x) + int(z_x), 0, 255)
-    qp = np.pad(q - int(z_x), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    acc = np.zeros((o, oh, oh))
-    for i in range(k):
-        for j in range(k):
-            patch = qp[0, :, i:i + stride * oh:stride, j:j + stride * oh:stride]   # [c, oh, oh]
-            acc += np.einsum("chw,oc->ohw", patch, w[:, :, i, j].astype(np.float64))
-    want = acc * (np.float64(s_x) * s_w.astype(np.float64))[:, None, None] + bias[:, None, None]
-    return m, x, want[None]
-
-
 @pytest.mark.parametrize("target", ["x86-64", "x86-64-avx512", "x86-64-vnni"])
 @pytest.mark.parametrize("c,o,k,stride,pad", [(32, 64, 3, 2, 1), (8, 16, 3, 1, 0), (12, 48, 1, 1, 0)],
                          ids=["3x3s2p1", "3x3s1p0", "1x1"])
@@ -179,7 +147,8 @@ def test_qdq_conv_runs_as_integer_conv(tmp_path, target, c, o, k, stride, pad):
     missing = set(tgt.cpu_flags) - T.cpu_flags()
     if missing:
         pytest.skip(f"this CPU lacks {', '.join(sorted(missing))}")
-    m, x, want = _qdq_conv_model(c, o, k, stride, pad, seed=c + o + k)
+    from compile_helpers import qdq_conv_model
+    m, x, want = qdq_conv_model(c, o, k, stride, pad, seed=c + o + k)
     onnx.save(m, tmp_path / "conv.onnx")
     out = compile_model(tmp_path / "conv.onnx", target, out=tmp_path / "c", split=False)
     assert out["compile"]["flags"]["int8_convs_integer"] == 1
