@@ -129,14 +129,23 @@ def qdq_conv_model(c, o, k, stride, pad, seed):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     x = (rng.standard_normal((1, c, h, h)) * 4).astype(np.float32)
     q = np.clip(np.round(x / s_x) + int(z_x), 0, 255)
-    qp = np.pad(q - int(z_x), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    acc = np.zeros((o, oh, oh))
+    acc = conv_reference(q - int(z_x), w, stride, pad)     # exact: integers well inside float64's 53 bits
+    want = acc * (np.float64(s_x) * s_w.astype(np.float64))[None, :, None, None] + bias[None, :, None, None]
+    return m, x, want
+
+
+def conv_reference(x, w, stride: int, pad: int) -> np.ndarray:
+    """A dense NCHW conv ([1, C, H, W] by [O, C, K, K], zero padding) in float64: the oracle of compiled convs."""
+    o, _, k, _ = w.shape
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (xp.shape[2] - k) // stride + 1
+    ow = (xp.shape[3] - k) // stride + 1
+    out = np.zeros((1, o, oh, ow))
     for i in range(k):
         for j in range(k):
-            patch = qp[0, :, i:i + stride * oh:stride, j:j + stride * oh:stride]   # [c, oh, oh]
-            acc += np.einsum("chw,oc->ohw", patch, w[:, :, i, j].astype(np.float64))
-    want = acc * (np.float64(s_x) * s_w.astype(np.float64))[:, None, None] + bias[:, None, None]
-    return m, x, want[None]
+            patch = xp[0, :, i:i + stride * oh:stride, j:j + stride * ow:stride]   # [c, oh, ow]
+            out[0] += np.einsum("chw,oc->ohw", patch, w[:, :, i, j].astype(np.float64))
+    return out
 
 
 ARM_ENV_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "arm-env.sh"

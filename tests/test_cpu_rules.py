@@ -10,6 +10,7 @@ from edge_slim import targets as T
 
 tvm = pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
 from edge_slim.aot import cpu_rules as R  # noqa: E402
+from compile_helpers import conv_reference  # noqa: E402
 
 
 def _conv_func(c, o, hw, k, stride, pad):
@@ -18,18 +19,6 @@ def _conv_func(c, o, hw, k, stride, pad):
     w = te.placeholder((o, c, k, k), name="w")
     y = topi.nn.conv2d_nchw(x, w, stride, pad, 1)
     return te.create_prim_func([x, w, y]).with_attr("layout_free_buffers", [1])
-
-
-def _conv_ref(x, w, stride, pad):
-    o, c, k, _ = w.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oh = (xp.shape[2] - k) // stride + 1
-    out = np.zeros((1, o, oh, oh))
-    for i in range(k):
-        for j in range(k):
-            out[0] += np.einsum("chw,oc->ohw", xp[0, :, i:i + stride * oh:stride, j:j + stride * oh:stride],
-                                w[:, :, i, j].astype(np.float64))
-    return out
 
 
 @pytest.mark.parametrize("c,o,hw,k,stride,pad", [(16, 32, 10, 3, 1, 1), (24, 40, 20, 1, 1, 0), (8, 16, 40, 3, 1, 1),
@@ -46,7 +35,7 @@ def test_contraction_schedules_stride1_convs_with_narrow_rows(c, o, hw, k, strid
     rng = np.random.default_rng(c + o + hw)
     x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
     w = rng.standard_normal((o, c, k, k)).astype(np.float32)
-    want = _conv_ref(x, w, stride, pad)
+    want = conv_reference(x, w, stride, pad)
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros(want.shape, np.float32), dev)
     lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(w, dev), out)
