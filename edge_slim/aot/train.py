@@ -280,7 +280,7 @@ def train(a: TrainArgs, log=print) -> Path:
         unexpected = sorted(set(st["model"]) - set(keep))
         aux.load_state_dict(st["aux"])
         log(f"warm start from {a.init_from}; new parameters: {missing}; dropped: {unexpected}")
-    cache = _get_cache(a, cfg, log)
+    cache = scene_cache(a, cfg, log)
     if model.decoder is not None and (cache.cap_tok is None or cache.cap_tok.shape[1] != cfg.caption_len):
         raise BadInputError(f"the scene cache in {a.cache_dir} has no caption targets of length {cfg.caption_len} "
                          "(built by an older edge-slim); delete it to re-render, or pass another --cache-dir")
@@ -334,7 +334,9 @@ def train(a: TrainArgs, log=print) -> Path:
     return ckpt
 
 
-def _get_cache(a: TrainArgs, cfg: Config, log) -> D.Cache:
+def scene_cache(a: TrainArgs, cfg: Config, log) -> D.Cache:
+    """The rendered training scenes for (seed, count, token length, renderer mix): loaded from the cache file, or
+    rendered once and saved there (shared by train and slim, which fine-tunes on the same scenes)."""
     path = Path(a.cache_dir) / f"scenes-s{a.seed}-n{a.scenes}-L{cfg.max_tokens}{D.mix_tag(a.renderers)}.npz"
     if path.exists():
         log(f"scene cache: {path}")

@@ -120,7 +120,7 @@ def slim(a: SlimArgs, out: Path, objective: S.Objective, log: Callable[[str], No
     tb = check_args(a, Path(out))
     import torch
     from ..from_bundle import model_from_bundle
-    from ..train import TrainArgs, _get_cache
+    from ..train import TrainArgs, scene_cache
     from .batches import loss_batches
     from .prune import measure_importance
 
@@ -135,7 +135,7 @@ def slim(a: SlimArgs, out: Path, objective: S.Objective, log: Callable[[str], No
         f"scenes per renderer ({', '.join(renderers)}), {a.bench_rounds} latency rounds"
         + (f", budget {a.budget_minutes:g} min" if a.budget_minutes else ""))
     teacher = model_from_bundle(tb.path)
-    cache = _get_cache(TrainArgs(scenes=a.scenes, seed=a.seed, cache_dir=a.cache_dir, renderers=a.renderers),
+    cache = scene_cache(TrainArgs(scenes=a.scenes, seed=a.seed, cache_dir=a.cache_dir, renderers=a.renderers),
                        teacher.cfg, log)
     imp = measure_importance(teacher, loss_batches(cache, a.importance_batches, 16, a.seed), a.importance)
     log(f"importance measured ({time.time() - t0:.0f} s so far)")
