@@ -101,9 +101,9 @@ def softmax_last_axis_pass():
             return call
         x = call.args[0]
         nd = x.ty.ndim
-        axis = int(call.attrs.axis) % nd if nd > 0 else -1
-        if nd < 2 or axis == nd - 1:
+        if nd < 2 or int(call.attrs.axis) % nd == nd - 1:
             return call
+        axis = int(call.attrs.axis) % nd
         perm = [d for d in range(nd) if d != axis] + [axis]
         back = [perm.index(d) for d in range(nd)]
         y = relax.op.nn.softmax(relax.op.permute_dims(x, perm), axis=-1)
