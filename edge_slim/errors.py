@@ -20,3 +20,9 @@ class ModelError(EdgeSlimError):
 class MissingDependencyError(ModelError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
     exit_code = 4
+
+
+class CompileError(EdgeSlimError):
+    """A compile phase failed inside TVM or one of edge-slim's passes (not the caller's input): the message
+    names the phase and where the full traceback was written."""
+    exit_code = 6

@@ -138,6 +138,30 @@ def test_unsupported_operators_are_listed_all_at_once(tmp_path):
     assert "Relu" not in msg
 
 
+def test_internal_pass_failure_is_one_line_and_a_log(monkeypatch, tmp_path, capsys):
+    """A bug in a pass (ours or TVM's) is not the user's input: one line naming the phase and the log that
+    holds the traceback, exit 6, nothing written where the bundle would go."""
+    import sys
+    from edge_slim.aot import lower
+    from edge_slim.cli.common import run_cli
+    from edge_slim.cli.main import cli
+
+    def broken(job):
+        raise RuntimeError("pass exploded\nsecond line of TVM's message")
+    monkeypatch.setattr(lower, "PHASES", [(n, broken if n == "graph" else f) for n, f in lower.PHASES])
+    out = tmp_path / "o"
+    monkeypatch.setattr(sys, "argv", ["edge-slim", "compile", str(tiny_onnx(tmp_path)), "-t", "x86-64", "-o", str(out),
+                                      "--input-shape", "x=1,3,16,16"])
+    assert run_cli(cli) == 6
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if ln.startswith("edge-slim: error:")]
+    assert len(line) == 1 and "graph phase failed: RuntimeError: pass exploded (full traceback in" in line[0]
+    assert "Traceback" not in err and "second line" not in err
+    log = tmp_path / "o.compile-error.log"
+    assert str(log) in line[0] and "Traceback" in log.read_text() and "second line" in log.read_text()
+    assert not out.exists()
+
+
 def test_missing_cross_compiler_names_the_package(monkeypatch, tmp_path):
     from edge_slim.aot.lower import compile_model
     monkeypatch.setenv("PATH", str(tmp_path))  # no compilers at all

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from .. import targets as T
-from ..errors import BadInputError, MissingDependencyError, ModelError
+from ..errors import BadInputError, CompileError, EdgeSlimError, MissingDependencyError, ModelError
 from ..runtime import bundle as B
 from .graph_passes import (bounded_gather_pass, conv_weights_fp32_pass, erf_gelu_pass, fuse_dequantize_pass,
                            pad_matmul_columns_pass, sigmoid_exp_pass, softmax_last_axis_pass)
@@ -379,7 +379,14 @@ def run_phases(job: Job, progress: Callable[[dict], None] | None = None, prefix:
         if progress:
             progress({"phase": prefix + name, "index": i + 1, "total": len(PHASES), "state": "start"})
         t0 = time.perf_counter()
-        ir = fn(job)
+        try:
+            ir = fn(job)
+        except EdgeSlimError:
+            raise
+        except Exception as e:   # a bug here or in TVM: one line for the user, the traceback in a file
+            raise CompileError(f"the {prefix}{name} phase failed: {type(e).__name__}: "
+                               f"{(str(e).strip().splitlines() or [''])[0][:300]} (full traceback in "
+                               f"{_write_traceback(job, prefix + name)})") from e
         dt = time.perf_counter() - t0
         job.phases.append({"phase": name, "seconds": round(dt, 3)})
         if job.debug_dump is not None and ir is not None:
@@ -387,6 +394,22 @@ def run_phases(job: Job, progress: Callable[[dict], None] | None = None, prefix:
             (job.debug_dump / f"{i + 1:02d}-{name}.txt").write_text(ir.script(show_meta=False))
         if progress:
             progress({"phase": prefix + name, "index": i + 1, "total": len(PHASES), "state": "done", "seconds": dt})
+
+
+def _write_traceback(job: Job, phase: str) -> Path:
+    """Write the exception being handled to a log beside the output (kept for a bug report) -> its path."""
+    import traceback
+    text = f"edge-slim compile: {phase} phase, target {job.target.name}, source {job.source}\n" + traceback.format_exc()
+    for folder in (job.out.parent if job.out is not None else None, Path(tempfile.gettempdir())):
+        if folder is None:
+            continue
+        try:
+            path = folder / f"{job.out.name if job.out is not None else 'edge-slim'}.compile-error.log"
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    return Path("(not written)")
 
 
 DESCRIBE_LIB = "describe.so"
