@@ -11,7 +11,7 @@ from edge_slim.errors import BadInputError
 from edge_slim.runtime import bundle as B
 from edge_slim.runtime.backends import available, backend_class
 from edge_slim.runtime.onnx_proto import dtype_code, load_model, parse_model, tensor_value_info, write_subgraph
-from edge_slim.runtime.split import plan_split
+from edge_slim.runtime.split import batch_consts, plan_split, texts_agree
 
 BACKENDS = [b for b in ("ort", "numpy") if available(b)]
 MODELS = ["slimpajama-tiny", "slimpajama-tiny-int8"]
@@ -121,6 +121,61 @@ def test_encoded_image_answers_as_the_whole_graph(backend, name):
         assert s.locate(enc, "the red cube").box == s.locate(img, "the red cube").box
         assert s.describe(enc).text == s.describe(img).text
         np.testing.assert_allclose(s.embed_image(enc), s.embed_image(img), atol=1e-6)
+
+
+def test_text_part_batches_where_each_op_keeps_texts_apart():
+    g = load_model(model_path("slimpajama-tiny")).graph
+    sp = plan_split(g)
+    over = batch_consts(g, sp)
+    reshapes = {g.nodes[k].inputs[1] for k in sp.text_nodes if g.nodes[k].op_type == "Reshape"}
+    assert over is not None and set(over) == reshapes
+    for k, v in over.items():
+        assert v[0] == -1 and np.array_equal(v[1:], g.initializers[k][1:]) and g.initializers[k][0] == 1
+    # int8: DynamicQuantizeLinear's one scale per tensor would mix the questions
+    g8 = load_model(model_path("slimpajama-tiny-int8")).graph
+    assert any(g8.nodes[k].op_type == "DynamicQuantizeLinear" for k in plan_split(g8).text_nodes)
+    assert batch_consts(g8, plan_split(g8)) is None
+    # an op that moves the texts' axis: refused
+    t = next(k for k in sp.text_nodes if g.nodes[k].op_type == "Transpose")
+    g.nodes[t].attrs["perm"] = [1, 0, 2, 3]
+    assert batch_consts(g, sp) is None
+
+
+def test_texts_agree_catches_a_batch_that_mixes_texts():
+    def rowwise(t):
+        return {"y": t.astype(np.float64) * 2 + 1}
+
+    def mixing(t):            # one statistic over the whole batch, as DynamicQuantizeLinear's scale
+        x = t.astype(np.float64)
+        return {"y": x / (np.abs(x).max() + 1)}
+    assert texts_agree(rowwise, (1, 16), ["y"])
+    assert not texts_agree(mixing, (1, 16), ["y"])
+    assert not texts_agree(lambda t: {"y": np.zeros((1, 3))}, (1, 16), ["y"])     # no row per text
+
+    def refuses(t):
+        if len(t) > 1:
+            raise RuntimeError("Concat: batch 2 against 1")
+        return rowwise(t)
+    assert not texts_agree(refuses, (1, 16), ["y"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["slimpajama-tiny", "slimpajama-nano", "slimpajama-tiny-int8"])
+def test_one_run_of_many_texts_equals_one_run_each(backend, name):
+    be = backend_class(backend)(B.open_bundle(shipped_dir().parent / name), threads=1)
+    image, _ = feeds(0)
+    state = be.encode({"image": image})
+    assert be.texts_at_once == (not name.endswith("int8"))
+    toks = np.concatenate([feeds(seed)[1] for seed in range(8)])
+    if not be.texts_at_once:
+        return
+    both = be.run_text(state, {"tokens": toks})
+    for i in range(len(toks)):
+        one = be.run_text(state, {"tokens": toks[i:i + 1]})
+        for k in be.split().text_outputs:
+            np.testing.assert_allclose(both[k][i:i + 1], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        whole = be.run({"image": image, "tokens": toks[i:i + 1]})
+        assert np.argmax(both["answer_logits"][i]) == np.argmax(whole["answer_logits"][0])
 
 
 def test_an_encoded_image_belongs_to_its_session():

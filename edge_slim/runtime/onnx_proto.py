@@ -497,23 +497,36 @@ def dtype_code(dtype) -> int:
     raise ModelError(f"no ONNX data type for {dt}")
 
 
-def tensor_value_info(name: str, elem_type: int | None = None, shape: tuple[int, ...] | None = None) -> bytes:
-    """A serialized ValueInfoProto: a tensor of `elem_type` (shape None: unknown rank), or with no elem_type
-    a bare name (no type; ONNX Runtime accepts such graph outputs and infers them)."""
+def tensor_value_info(name: str, elem_type: int | None = None, shape: tuple[int | str, ...] | None = None) -> bytes:
+    """A serialized ValueInfoProto: a tensor of `elem_type` (shape None: unknown rank; a str dimension is a
+    symbolic one, dim_param), or with no elem_type a bare name (no type; ONNX Runtime accepts such graph
+    outputs and infers them)."""
     if elem_type is None:
         return _len_field(1, name.encode())
     tt = _varint_bytes(1 << 3 | _VARINT) + _varint_bytes(elem_type)
     if shape is not None:
-        dims = b"".join(_len_field(1, _varint_bytes(1 << 3 | _VARINT) + _varint_bytes(int(d))) for d in shape)
+        dims = b"".join(_len_field(1, _len_field(2, d.encode()) if isinstance(d, str)
+                                   else _varint_bytes(1 << 3 | _VARINT) + _varint_bytes(int(d))) for d in shape)
         tt += _len_field(2, dims)
     return _len_field(1, name.encode()) + _len_field(2, _len_field(1, tt))
 
 
+def tensor_proto(name: str, value: np.ndarray) -> bytes:
+    """A serialized TensorProto of `value` (dims, data_type, name, raw_data little-endian)."""
+    a = np.ascontiguousarray(value)
+    code = dtype_code(a.dtype)
+    out = b"".join(_varint_bytes(1 << 3 | _VARINT) + _varint_bytes(int(d)) for d in a.shape)
+    out += _varint_bytes(2 << 3 | _VARINT) + _varint_bytes(code) + _len_field(8, name.encode())
+    return out + _len_field(9, a.astype(DTYPES[code], copy=False).tobytes())
+
+
 def write_subgraph(model: Model, nodes: list[int], inputs: list[str | bytes], outputs: list[str | bytes],
-                   name: str = "part") -> bytes:
+                   name: str = "part", replace: dict[str, np.ndarray] | None = None) -> bytes:
     """A serialized ModelProto holding nodes `nodes` (indices into model.graph.nodes, in order) of `model`,
     the initializers they read, and the given graph inputs/outputs: a name copies the original graph's
-    ValueInfo, bytes are a ValueInfoProto (tensor_value_info) for a tensor that was internal."""
+    ValueInfo, bytes are a ValueInfoProto (tensor_value_info) for a tensor that was internal. `replace`
+    gives new values for some initializers (written anew; every other one is copied byte for byte)."""
+    replace = replace or {}
     g, raw = model.graph, model.raw
     if not raw:
         raise ModelError("this model was not parsed from bytes; it cannot be written back")
@@ -529,7 +542,8 @@ def write_subgraph(model: Model, nodes: list[int], inputs: list[str | bytes], ou
     used = {i for k in nodes for i in g.nodes[k].inputs if i in g.initializer_spans}
     parts = [_len_field(1, raw[slice(*g.node_spans[k])]) for k in nodes]
     parts.append(_len_field(2, name.encode()))
-    parts += [_len_field(5, raw[slice(*g.initializer_spans[n])]) for n in g.initializer_spans if n in used]
+    parts += [_len_field(5, tensor_proto(n, replace[n]) if n in replace else raw[slice(*g.initializer_spans[n])])
+              for n in g.initializer_spans if n in used]
     parts += [_len_field(11, value(v)) for v in inputs] + [_len_field(12, value(v)) for v in outputs]
     head = _varint_bytes(1 << 3 | _VARINT) + _varint_bytes(model.ir_version) + _len_field(2, model.producer.encode())
     opsets = b"".join(_len_field(8, raw[slice(*s)]) for s in model.opset_spans)

@@ -139,6 +139,14 @@ class Session:
             return self.backend.run_text(image.state, {"tokens": tokens})
         return self.backend.run({"image": image.pixels, "tokens": tokens})
 
+    def _run_texts(self, image: EncodedImage, tokens: list[np.ndarray], name: str) -> list[np.ndarray]:
+        """Output `name` for each text ([1, ...] each): one run of the text part for all of them where the
+        backend's text part takes several texts (split.batch_consts), else one run per text."""
+        if len(tokens) > 1 and image.state is not None and getattr(self.backend, "texts_at_once", False):
+            out = self.backend.run_text(image.state, {"tokens": np.concatenate(tokens)})[name]
+            return [out[i:i + 1] for i in range(len(tokens))]
+        return [self._run(image, tk)[name] for tk in tokens]
+
     def _answer_probs(self, logits: np.ndarray, question: str) -> np.ndarray:
         """Softmax over the answers of the question's type only (the others get probability 0)."""
         allowed = self._family_answers.get(question_family(self.tokenizer.words(question)))
@@ -159,8 +167,8 @@ class Session:
             raise BadInputError("no question given")
         toks = [self._tokens(q, "ask") for q in qs]
         out = []
-        for q, tk in zip(qs, toks):
-            p = self._answer_probs(self._run(x, tk)["answer_logits"][0].astype(np.float64), q)
+        for q, logits in zip(qs, self._run_texts(x, toks, "answer_logits")):
+            p = self._answer_probs(logits[0].astype(np.float64), q)
             order = np.argsort(-p, kind="stable")[:max(1, min(top_k, int((p > 0).sum())))]
             out.append(Answer(self.answers[order[0]], float(p[order[0]]),
                               [[self.answers[i], round(float(p[i]), 6)] for i in order], 0.0, self.backend_name))
@@ -176,7 +184,7 @@ class Session:
             raise BadInputError("match needs a list of one or more texts")
         x = self.encode(image)
         toks = [self._tokens(t, "match") for t in texts]
-        logits = np.array([float(self._run(x, tk)["match_logit"][0]) for tk in toks])
+        logits = np.array([float(v[0]) for v in self._run_texts(x, toks, "match_logit")])
         scores = 1.0 / (1.0 + np.exp(-logits))
         return Match([round(float(s), 6) for s in scores], int(np.argmax(logits)),
                      round((time.perf_counter() - t0) * 1000, 3), self.backend_name)

@@ -11,10 +11,21 @@ only and which tensors of theirs the text side reads (the cut):
 The backends run the two parts as separate graphs (ONNX Runtime: two sessions on subgraphs written back
 from the bundle's bytes, onnx_proto.write_subgraph; NumPy: its step list cut in two), so the text part
 computes what the whole graph would, from the same values.
+
+Many texts in one run (`batch_consts`, `texts_agree`): the text part of an exported graph runs one text,
+with a batch of 1 written into its Reshape targets. Those targets rewritten to -1 let it run B texts at
+once (the image's cut tensors keep their batch of 1 and broadcast), which costs little more than one text,
+since at this size a run is mostly per-operator overhead. Allowed only where every operator of the text
+part keeps the texts apart (no DynamicQuantizeLinear: its one scale per tensor would mix the questions of
+an int8 graph, changing answers), and used only after `texts_agree` saw one run of two texts give what two
+runs of one give.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 
 from .onnx_proto import Graph
 
@@ -75,3 +86,83 @@ def _needed(g: Graph, producer: dict[str, int], targets, stop: set[str]) -> tupl
         seen.add(k)
         todo.extend(i for i in g.nodes[k].inputs if i and i not in stop)
     return tuple(sorted(seen))
+
+
+# Operators that compute each leading-axis item from that item alone (with the attribute and input checks
+# in _keeps_texts_apart); anything else, e.g. DynamicQuantizeLinear, keeps a text part at one text per run.
+_ROWWISE = frozenset("""Add Sub Mul Div Pow Sqrt Reciprocal Neg Abs Exp Log Erf Tanh Sigmoid Relu Gelu LeakyRelu
+    Softplus HardSigmoid Clip Round Floor Ceil Cast Equal Less Greater LessOrEqual GreaterOrEqual Not And Or
+    Where Min Max Identity Constant MatMul DequantizeLinear QuantizeLinear""".split())
+_AXIS_OPS = frozenset("Softmax LogSoftmax LayerNormalization Concat".split())
+_REDUCE_OPS = frozenset("ReduceSum ReduceMean ReduceMax ReduceMin ReduceL2 ReduceProd".split())
+
+
+def batch_consts(g: Graph, sp: Split, text: str = "tokens") -> dict[str, np.ndarray] | None:
+    """New values for the text part's Reshape targets ({initializer: shape with -1 for the leading 1}) so
+    that it runs several texts at once; None when an operator of the text part may mix the texts or a
+    Reshape target is not a constant with a leading batch of 1."""
+    consts = g.initializers
+    tin = next((vi for vi in g.inputs if vi.name == text), None)
+    if tin is None or not tin.shape or tin.shape[0] != 1:
+        return None
+    out: dict[str, np.ndarray] = {}
+    for k in sp.text_nodes:
+        n = g.nodes[k]
+        if n.domain not in ("", "ai.onnx"):
+            return None
+        if n.op_type == "Reshape":
+            t = consts.get(n.inputs[1]) if len(n.inputs) > 1 else None
+            if t is None or t.ndim != 1 or not len(t) or int(t[0]) != 1 or (t[1:] <= 0).any():
+                return None
+            out[n.inputs[1]] = np.concatenate([[-1], t[1:]]).astype(t.dtype)
+        elif not _keeps_texts_apart(n, consts):
+            return None
+    return out
+
+
+def _keeps_texts_apart(n, consts: dict[str, np.ndarray]) -> bool:
+    op, a = n.op_type, n.attrs
+
+    def const_axes(i: int) -> np.ndarray | None:
+        v = consts.get(n.inputs[i]) if len(n.inputs) > i and n.inputs[i] else None
+        return None if v is None else np.atleast_1d(v)
+    if op in _ROWWISE:
+        return True
+    if op in _AXIS_OPS:
+        return int(a.get("axis", -1)) != 0
+    if op == "Transpose":
+        return bool(a.get("perm")) and int(a["perm"][0]) == 0
+    if op == "Gemm":
+        return not a.get("transA", 0)
+    if op == "Gather":       # an embedding lookup (constant table) or a pick along an inner axis
+        return n.inputs[0] in consts or int(a.get("axis", 0)) != 0
+    if op in ("Unsqueeze", "Squeeze") or op in _REDUCE_OPS:
+        axes = a.get("axes")
+        axes = np.atleast_1d(axes) if axes is not None else const_axes(1)
+        return axes is not None and len(axes) > 0 and not (axes == 0).any()
+    if op == "Expand":
+        shape = const_axes(1)
+        return shape is not None and len(shape) > 0 and int(shape[0]) == 1
+    return False
+
+
+def texts_agree(run_text: Callable[[np.ndarray], dict[str, np.ndarray]], tokens_shape, names) -> bool:
+    """Whether one run of two texts gives, output by output, what two runs of one give (the check a
+    batched text part must pass before a session uses it). `run_text(tokens)` runs the text part on a
+    probe image's state."""
+    length = int(tokens_shape[-1])
+    rows = np.array([[1 + i % 2 for i in range(length)],
+                     [1 if i < max(1, length // 2) else 0 for i in range(length)]], np.int64)
+    try:
+        both = run_text(rows)
+        one = [run_text(rows[i:i + 1]) for i in range(2)]
+    except Exception:   # a runtime refusing the batch (a Concat with the image's batch of 1, ...) is a no
+        return False
+    for name in names:
+        b = np.asarray(both[name])
+        if b.shape[:1] != (2,):
+            return False
+        for i in range(2):
+            if not np.allclose(b[i:i + 1], one[i][name], rtol=1e-4, atol=1e-5, equal_nan=True):
+                return False
+    return True

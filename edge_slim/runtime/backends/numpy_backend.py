@@ -840,6 +840,8 @@ class NumpyBackend:
         self.version = np.__version__
         model = load_model(bundle.model_path)
         self._where = str(bundle.model_path)
+        self.texts_at_once = False       # run_text takes several texts (checked on the first encode)
+        self._batch_consts = None
         self._prepare(model)
 
     # -- load ------------------------------------------------------------------------------
@@ -875,12 +877,15 @@ class NumpyBackend:
         self._consts = consts
         self._steps = tuple(steps)
         # image once, many texts (edge_slim.runtime.split): the same steps, cut in two
-        from ..split import plan_split
+        from ..split import batch_consts, plan_split
         self._split = plan_split(g)
         if self._split is not None:
             by_node = dict(zip(step_nodes, steps))
             self._image_steps = tuple(by_node[k] for k in self._split.image_nodes if k in by_node)
             self._text_steps = tuple(by_node[k] for k in self._split.text_nodes if k in by_node)
+            over = batch_consts(g, self._split)
+            # checked on the first encoded image (split.texts_agree), then run_text takes several texts
+            self._batch_consts = None if over is None else {**consts, **{k: _freeze(v) for k, v in over.items()}}
 
     def _fold(self, step: _Step, consts: dict) -> None:
         """Evaluate a node whose inputs are all constants once, now (weights transposes, DQ of weights...)."""
@@ -892,8 +897,9 @@ class NumpyBackend:
                 consts[name] = _freeze(values[name])
 
     # -- run -------------------------------------------------------------------------------
-    def _check_feeds(self, feeds: dict, names: set[str] | None = None) -> dict[str, np.ndarray]:
-        """`feeds` checked against the graph's inputs (or those of them in `names`)."""
+    def _check_feeds(self, feeds: dict, names: set[str] | None = None, rows_free: bool = False) -> dict[str, np.ndarray]:
+        """`feeds` checked against the graph's inputs (or those of them in `names`); `rows_free`: any
+        leading dimension (several texts at once)."""
         names = {vi.name for vi in self.inputs} if names is None else names
         extra = sorted(set(feeds) - names)
         if extra:
@@ -908,7 +914,8 @@ class NumpyBackend:
             if vi.elem_type is not None and a.dtype != onnx_dtype(vi.elem_type, vi.name):
                 raise BadInputError(f"input {vi.name!r} must be {DTYPE_NAMES.get(vi.elem_type)}, got {a.dtype}")
             if vi.shape is not None and (len(vi.shape) != a.ndim or any(
-                    isinstance(d, int) and d >= 0 and d != s for d, s in zip(vi.shape, a.shape))):
+                    isinstance(d, int) and d >= 0 and d != s and not (rows_free and j == 0)
+                    for j, (d, s) in enumerate(zip(vi.shape, a.shape)))):
                 raise BadInputError(f"input {vi.name!r} must have shape {list(vi.shape)}, got {list(a.shape)}")
             out[vi.name] = a
         return out
@@ -925,17 +932,31 @@ class NumpyBackend:
         with np.errstate(all="ignore"):
             for step in self._image_steps:
                 step(values)
-        return {n: values[n] for n in sp.cut + sp.image_outputs}
+        state = {n: values[n] for n in sp.cut + sp.image_outputs}
+        if self._batch_consts is not None and not self.texts_at_once:
+            from ..split import texts_agree
+            tokens = next(vi for vi in self.inputs if vi.name == "tokens")
+            names = list(sp.text_outputs)
+            if texts_agree(lambda t: self._text_values(self._batch_consts, state, {"tokens": t}, names),
+                           tokens.shape, names):
+                self._consts, self.texts_at_once = self._batch_consts, True
+            self._batch_consts = None
+        return state
 
     def run_text(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the text part's steps on an encoded image: -> every graph output, as `run` returns them."""
-        values = dict(self._consts)
+        """Run the text part's steps on an encoded image: -> every graph output, as `run` returns them (with
+        texts_at_once, `tokens` may hold several texts: outputs then have one row per text)."""
+        feeds = self._check_feeds(feeds, {vi.name for vi in self.inputs} - {"image"}, rows_free=self.texts_at_once)
+        return self._text_values(self._consts, state, feeds, self.output_names)
+
+    def _text_values(self, consts: dict, state: dict, feeds: dict, names) -> dict[str, np.ndarray]:
+        values = dict(consts)
         values.update(state)
-        values.update(self._check_feeds(feeds, {vi.name for vi in self.inputs} - {"image"}))
+        values.update(feeds)
         with np.errstate(all="ignore"):
             for step in self._text_steps:
                 step(values)
-        return {name: np.array(values[name]) for name in self.output_names}
+        return {name: np.array(values[name]) for name in names}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Execute the graph on `feeds`; returns fresh arrays keyed by the graph's output names."""

@@ -51,6 +51,7 @@ class OrtBackend:
         self._swapped = 0
         self._parts = None                    # (image session, text session, Split), built on the first encode
         self._part_graphs: tuple[bytes, bytes] | None = None
+        self.texts_at_once = False            # run_text takes tokens of several texts (set by the first encode)
         self._lease = T.SESSIONS.join(self)
         try:
             self._ensure(T.SESSIONS.current())
@@ -113,12 +114,41 @@ class OrtBackend:
         feed = {"image": np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in shapes["image"]], np.float32)}
         got = dict(zip([o.name for o in probe.get_outputs()], probe.run(None, feed)))
         typed = [tensor_value_info(c, dtype_code(got[c].dtype), got[c].shape) for c in sp.cut]
-        text_graph = write_subgraph(model, list(sp.text_nodes), typed + ["tokens"], list(sp.text_outputs), "text_part")
+        text_graph = self._batched_text_graph(model, sp, typed, {c: got[c] for c in sp.cut})
+        if text_graph is None:
+            text_graph = write_subgraph(model, list(sp.text_nodes), typed + ["tokens"], list(sp.text_outputs),
+                                        "text_part")
         self._part_graphs = (image_graph, text_graph)
         self._parts = (*self._part_sessions(self.config or {}), sp)
 
+    def _batched_text_graph(self, model, sp, typed: list[bytes], probe_state: dict) -> bytes | None:
+        """The text part with a batch of texts (split.batch_consts), if it passes split.texts_agree on the
+        probe image's state; sets texts_at_once."""
+        from ..onnx_proto import dtype_code, tensor_value_info, write_subgraph
+        from ..split import batch_consts, texts_agree
+        over = batch_consts(model.graph, sp)
+        if over is None:
+            return None
+        tok = next(vi for vi in model.graph.inputs if vi.name == "tokens")
+        graph = write_subgraph(model, list(sp.text_nodes),
+                               typed + [tensor_value_info("tokens", tok.elem_type or dtype_code(np.int64),
+                                                          ("texts", *tok.shape[1:]))],
+                               [tensor_value_info(o) for o in sp.text_outputs], "text_part", replace=over)
+        try:
+            sess = self._session(graph, {})
+        except ModelError:
+            return None
+        names = list(sp.text_outputs)
+        if not texts_agree(lambda t: dict(zip(names, sess.run(names, {**probe_state, "tokens": t}))),
+                           tok.shape, names):
+            return None
+        self.texts_at_once = True
+        return graph
+
     def encode(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the image part: -> the cut tensors and the image-only outputs (Session.encode keeps them)."""
+        if self._parts is None and self.split() is None:
+            raise ModelError(f"{self.model_path}: the graph has no image/text cut to encode with")
         image_sess, _, sp = self._parts
         names = list(sp.cut + sp.image_outputs)
         return dict(zip(names, image_sess.run(names, feeds)))
