@@ -113,24 +113,46 @@ def softmax_last_axis_pass():
 
 def pad_matmul_columns_pass(lanes: int = 8, multiple: int = 16):
     """matmul(x, W: float32 constant [K, N]) with N not a multiple of `lanes` -> matmul with W zero-padded to
-    a multiple of `multiple`, then the first N columns (a slice fused into what follows). The CPU rules'
-    register tile needs N in whole vectors; without them (the OCR recognizer's 6,625 classes) the matmul ran
-    unscheduled, 24 ms of the model's 47. Costs the padding's bytes (at most multiple - 1 columns of W)."""
+    a multiple of `multiple`, then the first N columns (a slice fused into what follows); likewise a conv1d /
+    conv2d (groups 1) whose float32 constant weight has O output channels, not a multiple of `lanes`: O
+    padded with zero filters, the output's channels sliced back. The CPU rules' register tile needs the
+    vector axis in whole vectors; without them the OCR recognizer's 6,625-class matmul ran unscheduled (24 ms
+    of the model's 47), and silero-vad's STFT conv1d (258 channels) 170 us of its 182. Costs the padding's
+    bytes (at most multiple - 1 columns or filters)."""
     import tvm
     from tvm import relax
     matmul = tvm.ir.Op.get("relax.matmul")
+    convs = (tvm.ir.Op.get("relax.nn.conv1d"), tvm.ir.Op.get("relax.nn.conv2d"))
+
+    def padded(n: int) -> int:
+        return -(-n // multiple) * multiple
 
     def pad(call, bound):
-        if not call.op.same_as(matmul):
+        is_conv = any(call.op.same_as(c) for c in convs)
+        if not (call.op.same_as(matmul) or is_conv):
             return call
         w = bound(call.args[1])
-        if not isinstance(w, tvm.ir.Constant) or w.ty.ndim != 2 or str(w.ty.dtype) != "float32":
+        if not isinstance(w, tvm.ir.Constant) or str(w.ty.dtype) != "float32":
             return call
         wv = w.value.numpy()
+        if is_conv:
+            a = call.attrs
+            if int(a.groups) != 1 or str(a.kernel_layout)[0] != "O":
+                return call
+            n = wv.shape[0]
+            if n % lanes == 0 or n < multiple:
+                return call
+            wp = np.zeros((padded(n), *wv.shape[1:]), np.float32)
+            wp[:n] = wv
+            layout = str(a.out_layout or a.data_layout)
+            y = relax.Call(call.op, [call.args[0], relax.const(wp)], a)
+            return relax.op.strided_slice(y, axes=[layout.index("C")], begin=[0], end=[n])
+        if wv.ndim != 2:
+            return call
         k, n = wv.shape
         if n % lanes == 0 or n < multiple:
             return call
-        wp = np.zeros((k, -(-n // multiple) * multiple), np.float32)
+        wp = np.zeros((k, padded(n)), np.float32)
         wp[:, :n] = wv
         y = relax.op.matmul(call.args[0], relax.const(wp), out_dtype=call.attrs.out_dtype)
         return relax.op.strided_slice(y, axes=[call.args[0].ty.ndim - 1], begin=[0], end=[n])   # y's last axis

@@ -396,9 +396,100 @@ def onehot_as_compare(m) -> int:
     return done
 
 
+def lstm_unrolled(m) -> int:
+    """LSTM -> its steps written out: per time step one MatMul each for the input and the hidden state,
+    the four gates (ONNX order i, o, f, c) as Slices, Sigmoid/Tanh, and the cell update.
+
+    TVM's importer has no LSTM. Exported streaming models (voice activity, keyword spotting) run it over
+    a handful of steps per call, with the sequence length fixed once the input shapes are bound, so the
+    unrolled form is small and exact. Rewritten: forward direction, layout 0, the default activations,
+    no peepholes, clip, input_forget or sequence_lens, constant W/R/B and a static input shape; any other
+    LSTM stays and is named by check_operators."""
+    from onnx import helper, numpy_helper
+    if not any(n.op_type == "LSTM" for n in m.graph.node):
+        return 0
+    consts = _constants(m)
+    shapes = _static_shapes(m)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    nodes, inits, done = [], [], 0
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def axes_node(op, x, axes, out):
+        if opset >= 13:
+            return helper.make_node(op, [x, const(out + "_axes", np.array(axes, np.int64))], [out])
+        return helper.make_node(op, [x], [out], axes=axes)
+    for n in m.graph.node:
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        ins = list(n.input) + [""] * (8 - len(n.input))
+        acts = [v.decode() if isinstance(v, bytes) else v for v in a.get("activations", [])]
+        ok = (n.op_type == "LSTM" and (n.domain or "ai.onnx") == "ai.onnx"
+              and a.get("direction", b"forward") in (b"forward", "forward") and not a.get("layout", 0)
+              and acts in ([], ["Sigmoid", "Tanh", "Tanh"]) and "clip" not in a and not a.get("input_forget", 0)
+              and not ins[4] and not ins[7] and ins[1] in consts and ins[2] in consts
+              and (not ins[3] or ins[3] in consts) and len(shapes.get(ins[0], [])) == 3)
+        if not ok:
+            nodes.append(n)
+            continue
+        hid = int(a["hidden_size"])
+        steps, batch, _ = shapes[ins[0]]
+        p = f"{n.name or n.output[0]}_lstm"
+        wt = const(p + "_WT", consts[ins[1]][0].T.copy())             # [I, 4H]
+        rt = const(p + "_RT", consts[ins[2]][0].T.copy())             # [H, 4H]
+        b = consts[ins[3]][0] if ins[3] else np.zeros(8 * hid, consts[ins[1]].dtype)
+        bias = const(p + "_B", (b[:4 * hid] + b[4 * hid:]).astype(consts[ins[1]].dtype))
+        state = {}
+        for k, init in (("h", ins[5]), ("c", ins[6])):
+            if init:
+                nodes.append(axes_node("Squeeze", init, [0], f"{p}_{k}0"))
+                state[k] = f"{p}_{k}0"
+            else:
+                state[k] = const(f"{p}_{k}0", np.zeros((batch, hid), consts[ins[1]].dtype))
+        gate = {g: (const(f"{p}_{g}_lo", np.array([j * hid], np.int64)), const(f"{p}_{g}_hi", np.array([(j + 1) * hid], np.int64)))
+                for j, g in enumerate("iofc")}
+        one = const(p + "_axis1", np.array([1], np.int64))
+        ys = []
+        for t in range(steps):
+            q = f"{p}{t}"
+            nodes += [helper.make_node("Gather", [ins[0], const(q + "_t", np.array(t, np.int64))], [q + "_x"], axis=0),
+                      helper.make_node("MatMul", [q + "_x", wt], [q + "_xw"]),
+                      helper.make_node("MatMul", [state["h"], rt], [q + "_hr"]),
+                      helper.make_node("Add", [q + "_xw", q + "_hr"], [q + "_s"]),
+                      helper.make_node("Add", [q + "_s", bias], [q + "_g"])]
+            for g, (lo, hi) in gate.items():
+                nodes += [helper.make_node("Slice", [q + "_g", lo, hi, one], [f"{q}_{g}s"]),
+                          helper.make_node("Tanh" if g == "c" else "Sigmoid", [f"{q}_{g}s"], [f"{q}_{g}"])]
+            nodes += [helper.make_node("Mul", [q + "_f", state["c"]], [q + "_fc"]),
+                      helper.make_node("Mul", [q + "_i", q + "_c"], [q + "_ic"]),
+                      helper.make_node("Add", [q + "_fc", q + "_ic"], [q + "_cell"]),
+                      helper.make_node("Tanh", [q + "_cell"], [q + "_tc"]),
+                      helper.make_node("Mul", [q + "_o", q + "_tc"], [q + "_h"])]
+            state = {"h": q + "_h", "c": q + "_cell"}
+            if n.output[0]:
+                nodes.append(axes_node("Unsqueeze", q + "_h", [0, 1], q + "_y"))
+                ys.append(q + "_y")
+        outs = list(n.output) + [""] * (3 - len(n.output))
+        if outs[0]:
+            nodes.append(helper.make_node("Concat", ys, [outs[0]], axis=0))     # [steps, 1, batch, H]
+        for k, out in (("h", outs[1]), ("c", outs[2])):
+            if out:
+                nodes.append(axes_node("Unsqueeze", state[k], [0], out))        # [1, batch, H]
+        done += 1
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.initializer.extend(inits)
+    return done
+
+
 REWRITES: dict[str, Callable] = {
     "onehot_as_compare": onehot_as_compare,
+    "lstm_unrolled": lstm_unrolled,
 }
+
+
+REWRITTEN_OPS = {"OneHot", "LSTM"}     # what REWRITES turn into imported ops (in the forms they cover)
 
 
 def apply_rewrites(m) -> dict[str, int]:
@@ -436,7 +527,8 @@ def check_operators(m) -> None:
             key = missing(n)
             if key:
                 bad.setdefault(key, []).append(where + (n.name or n.output[0]))
-                inside.update(k for sub in _walk_attrs(n) if (k := missing(sub)) and k not in ("If", "Loop", "Scan"))
+                inside.update(k for sub in _walk_attrs(n) if (k := missing(sub))
+                              and k not in ("If", "Loop", "Scan") and k not in REWRITTEN_OPS)
             else:
                 for a in n.attribute:
                     if a.HasField("g") and len(a.g.node):

@@ -289,7 +289,7 @@ def check_feeds(inputs: list[dict], feeds: dict[str, np.ndarray]) -> list[np.nda
         if spec["name"] not in feeds:
             raise BadInputError(f"missing input {spec['name']!r} (the model takes "
                                 f"{', '.join(i['name'] for i in inputs)})")
-        a = np.ascontiguousarray(feeds[spec["name"]], dtype=spec["dtype"])
+        a = np.require(np.asarray(feeds[spec["name"]], dtype=spec["dtype"]), requirements="C")  # keeps a 0-d input 0-d
         if spec.get("dynamic"):
             _check_dynamic(spec, a.shape, sizes)
         elif list(a.shape) != list(spec["shape"]):
