@@ -191,16 +191,26 @@ def test_compiled_artifact_has_parts_that_compute_what_model_so_does():
     from compile_helpers import compiled
     out = compiled("x86-64")
     m = B.open_bundle(out).manifest
-    assert set(m["split"]) == {"image", "text"} and {"image.so", "text.so"} <= set(m["files"])
+    assert set(m["split"]) == {"image", "text", "texts"} and {"image.so", "text.so", "texts.so"} <= set(m["files"])
+    assert m["split"]["texts"]["batch"] == 8 and m["split"]["texts"]["inputs"][-1]["shape"] == [8, 16]
     be = backend_class("tvm")(B.open_bundle(out), threads=1)
     sp = be.split()
-    assert sp is not None and set(sp.image_outputs) == {"image_embed", "describe_memory"}
+    assert sp is not None and set(sp.image_outputs) == {"image_embed", "describe_memory"} and be.texts_at_once
     for seed in range(2):
         image, tokens = feeds(seed)
         whole = be.run({"image": image, "tokens": tokens})
-        parts = be.run_text(be.encode({"image": image}), {"tokens": tokens})
+        state = be.encode({"image": image})
+        parts = be.run_text(state, {"tokens": tokens})
         for k in whole:
             np.testing.assert_allclose(parts[k], whole[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    # 11 texts: one full group of 8 on texts.so and one of 3 padded to 8; each row as text.so computes it
+    toks = np.concatenate([feeds(seed)[1] for seed in range(11)])
+    many = be.run_text(state, {"tokens": toks})
+    assert many["answer_logits"].shape == (11, 24) and many["match_logit"].shape == (11,)
+    for i in range(len(toks)):
+        one = be.run_text(state, {"tokens": toks[i:i + 1]})
+        for k in sp.text_outputs:
+            np.testing.assert_allclose(many[k][i:i + 1], one[k], rtol=1e-5, atol=1e-6, err_msg=f"{k} text {i}")
     s = edge_slim.load(out, backend="tvm", threads=1)
     o = edge_slim.load(backend="ort", threads=1)
     assert [a.answer for a in s.ask(IMAGES[1], QUESTIONS)] == [a.answer for a in o.ask(IMAGES[1], QUESTIONS)]
@@ -212,7 +222,7 @@ def test_compile_no_split_leaves_the_parts_out(tmp_path):
     p = cli("compile", "slimpajama-tiny-int8", "-t", "x86-64", "--no-split", "-o", tmp_path / "a", "--json")
     assert p.returncode == 0, p.stderr
     m = B.open_bundle(tmp_path / "a").manifest
-    assert "split" not in m and "image.so" not in m["files"]
+    assert "split" not in m and "image.so" not in m["files"] and "texts.so" not in m["files"]
     s = edge_slim.load(tmp_path / "a", backend="tvm", threads=1)
     enc = s.encode(IMAGES[0])
     assert enc.state is None                         # whole-graph calls, the same answers

@@ -6,6 +6,10 @@ its cut tensors typed and shaped from one NumPy run of the image part, and compi
 target and recipe as model.so into image.so and text.so. model.so stays: `run`, the C API and the RPC
 backend call the whole graph. The compiled bundle's manifest `split` entry names both libraries with their
 inputs and outputs, which is all the tvm backend needs (runtime/backends/tvm_backend.py).
+
+Many texts at once: where the text part may run several texts in one call (runtime/split.py, batch_consts,
+and the NumPy backend's texts_agree check on a probe image), a third library, texts.so, is the text part
+compiled for TEXTS_BATCH texts; `ask` with several questions and `match` call it once per TEXTS_BATCH texts.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import numpy as np
 
 from ..runtime import bundle as B
 
-PART_LIBS = {"image": "image.so", "text": "text.so"}
+PART_LIBS = {"image": "image.so", "text": "text.so", "texts": "texts.so"}
+TEXTS_BATCH = 8     # texts.so runs this many texts at once (the runtime pads the last group by repetition)
 
 
 def _spec(name: str, a: np.ndarray) -> dict:
@@ -27,7 +32,7 @@ def part_jobs(job) -> list | None:
     """The compiles of the two parts of a SlimPajama bundle's graph (None: an own model, or no cut)."""
     from ..runtime.backends.numpy_backend import NumpyBackend
     from ..runtime.onnx_proto import dtype_code, load_model, tensor_value_info, write_subgraph
-    from ..runtime.split import plan_split
+    from ..runtime.split import batch_consts, plan_split
     from .lower import Job, own_model
     if own_model(job) or job.binds or job.dynamic:
         return None
@@ -38,7 +43,8 @@ def part_jobs(job) -> list | None:
     m = job.bundle.manifest
     inputs = {i["name"]: i for i in m["inputs"]}
     image = np.zeros(inputs["image"]["shape"], np.float32)
-    state = NumpyBackend(job.bundle).encode({"image": image})
+    probe = NumpyBackend(job.bundle)
+    state = probe.encode({"image": image})     # also runs texts_agree where batch_consts allows texts at once
     cut = [tensor_value_info(c, dtype_code(state[c].dtype), state[c].shape) for c in sp.cut]
     folder = Path(tempfile.mkdtemp(prefix="edge-slim-split-"))
     graphs = {"image": write_subgraph(model, list(sp.image_nodes), ["image"], cut + list(sp.image_outputs), "image"),
@@ -46,6 +52,15 @@ def part_jobs(job) -> list | None:
     specs = {"image": ([inputs["image"]], [_spec(n, state[n]) for n in sp.cut + sp.image_outputs]),
              "text": ([_spec(c, state[c]) for c in sp.cut] + [inputs["tokens"]],
                       [o for o in m["outputs"] if o["name"] in sp.text_outputs])}
+    over = batch_consts(model.graph, sp) if probe.texts_at_once else None
+    if over is not None:
+        tok = inputs["tokens"]
+        many = {**tok, "shape": [TEXTS_BATCH, *tok["shape"][1:]]}
+        graphs["texts"] = write_subgraph(model, list(sp.text_nodes),
+                                         cut + [tensor_value_info("tokens", dtype_code(np.dtype(tok["dtype"])), many["shape"])],
+                                         [tensor_value_info(o) for o in sp.text_outputs], "texts", replace=over)
+        specs["texts"] = ([_spec(c, state[c]) for c in sp.cut] + [many],
+                          [{**o, "shape": [TEXTS_BATCH, *o["shape"][1:]]} for o in specs["text"][1]])
     jobs = []
     for part, data in graphs.items():
         (folder / f"{part}.onnx").write_bytes(data)
@@ -66,4 +81,6 @@ def manifest_entry(jobs: list) -> dict:
         m = j.bundle.manifest
         out[part] = {"graph": PART_LIBS[part], "inputs": m["inputs"], "outputs": m["outputs"],
                      "source_sha256": B.sha256_file(j.onnx_path), "compile": {"phases": j.phases}}
+        if part == "texts":
+            out[part]["batch"] = TEXTS_BATCH
     return out

@@ -199,11 +199,14 @@ class TvmBackend:
         self.output_names = [o["name"] for o in m["outputs"]]
         self._lock = threading.Lock()  # one VM per library: calls are serialized
         self._parts = None
+        self._texts, self.texts_at_once = None, False
         sp = m.get("split")
         if sp:   # image once, many texts (aot/lower_split.py): the graph's image and text parts
             from ..split import Split
             lib = {p: _Library(bundle.graph(sp[p]["graph"], f"the {p} part").model_path, kind, self.device,
-                               sp[p]["inputs"], sp[p]["outputs"]) for p in ("image", "text")}
+                               sp[p]["inputs"], sp[p]["outputs"]) for p in ("image", "text", "texts") if p in sp}
+            if "texts" in lib:      # the text part for sp["texts"]["batch"] texts per call
+                self._texts, self.texts_at_once = (lib["texts"], int(sp["texts"]["batch"])), True
             image_out = [o["name"] for o in sp["image"]["outputs"]]
             cut = tuple(i["name"] for i in sp["text"]["inputs"] if i["name"] != "tokens")
             self._parts = (lib["image"], lib["text"],
@@ -230,10 +233,24 @@ class TvmBackend:
             return self._parts[0](feeds)
 
     def run_text(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The text part on an encoded image. With texts_at_once, `tokens` may hold several texts: they run
+        on texts.so in groups of its batch (the last group padded by repeating its last text), and the
+        text outputs have one row per text."""
         sp = self._parts[2]
+        cut = {c: state[c] for c in sp.cut}
+        tokens = np.asarray(feeds["tokens"])
         with self._lock:
             set_threads(self.threads)
-            out = self._parts[1]({**{c: state[c] for c in sp.cut}, **feeds})
+            if self._texts is None or len(tokens) == 1:
+                out = self._parts[1]({**cut, **feeds})
+            else:
+                lib, batch = self._texts
+                groups = []
+                for i in range(0, len(tokens), batch):
+                    group = tokens[i:i + batch]
+                    pad = np.concatenate([group, np.repeat(group[-1:], batch - len(group), axis=0)])
+                    groups.append((len(group), lib({**cut, **feeds, "tokens": pad})))
+                out = {k: np.concatenate([o[k][:n] for n, o in groups]) for k in groups[0][1]}
         return sp.outputs(self.output_names, out, state)
 
 
