@@ -32,7 +32,7 @@ from edge_slim.scenes.evaluate import DEFAULT_EVAL_SEED, scene_answers, summariz
 
 
 def record(args) -> None:
-    from edge_slim.aot.int8_arith import ort_u8s8_arithmetic
+    from edge_slim.aot.quantize.int8_arith import ort_u8s8_arithmetic
     from edge_slim import shipped
     bundle = B.open_bundle(shipped(args.precision) if args.model is None else args.model)
     s = Session(bundle, backend=args.backend, threads=1,

@@ -55,7 +55,7 @@ def time_kernel(func, types, target, number: int = 200, repeat: int = 5) -> floa
 
 def main() -> None:
     from edge_slim import targets as T
-    from edge_slim.aot import lower as L
+    from edge_slim.aot.lower import pipeline as L
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("-t", "--target", default="x86-64")

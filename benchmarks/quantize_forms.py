@@ -1,6 +1,6 @@
 """Compare int8 forms of SlimPajama against fp32 in ONNX Runtime on this machine (issue 5).
 
-Builds every form in edge_slim.aot.quantize.FORMS from one fp32 bundle, then times all of them
+Builds every form in edge_slim.aot.quantize.slimpajama.FORMS from one fp32 bundle, then times all of them
 in one process, at 1 and 2 threads, in one of two harnesses (`edge-slim bench` adds a third for
 bundles: one session at a time, which is how the shipped int8 is compared with fp32 in BENCHMARKS.md):
 - interleaved (default): each round runs every model once, in a fresh random order; caches hold the
@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 import edge_slim
-from edge_slim.aot import quantize as Q
+from edge_slim.aot.quantize import slimpajama as Q
 from edge_slim.runtime.bench import paired_ratio
 from edge_slim.runtime.machine import cpu_info, describe
 from machine import thread_scaling

@@ -45,7 +45,7 @@ TVM_KEYS = {"kind", "mtriple", "mcpu", "mattr", "mabi", "mfloat-abi", "num-cores
             "max_threads_per_block", "max_shared_memory_per_block", "thread_warp_size", "registers_per_block",
             "libs", "opt-level", "fast-math"}
 KINDS = ("cpu", "cuda")
-# the integer matmul kernels of aot/int8_kernels.py a profile may name (kept here: runtime code validates
+# the integer matmul kernels of aot/lower/int8_kernels.py a profile may name (kept here: runtime code validates
 # profiles and never imports ahead-of-time code)
 INT8_KERNELS = ("x86-avx2-madd", "x86-avx512-madd", "x86-vnni", "arm-sdot", "arm-neon-widen")
 SCHEDULES = ("cpu-rules", "dlight-gpu", "none")
@@ -88,7 +88,7 @@ class Target:
     cuda_arch: str | None = None
     nvcc_package: str | None = None
     tvm_host: dict | None = None
-    int8_kernel: str | None = None      # aot/int8_kernels.py: the integer matmul kernel of int8 artifacts
+    int8_kernel: str | None = None      # aot/lower/int8_kernels.py: the integer matmul kernel of int8 artifacts
     path: Path | None = field(default=None, compare=False)
 
     @property

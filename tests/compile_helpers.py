@@ -38,8 +38,8 @@ def source_bundle() -> Path:
         if cand and (Path(cand) / B.MANIFEST).exists():
             return Path(cand)
     torch = pytest.importorskip("torch", reason="no shipped bundle and no torch to export one")
-    from edge_slim.aot.export import export_bundle
-    from edge_slim.aot.model import Config, SlimPajama
+    from edge_slim.aot.model.export import export_bundle
+    from edge_slim.aot.model.slimpajama import Config, SlimPajama
     torch.manual_seed(0)
     export_bundle(SlimPajama(Config()).eval(), WORK / "src-bundle")
     return WORK / "src-bundle"
@@ -85,7 +85,7 @@ def weight_only_int8(m):
 
 @functools.lru_cache(maxsize=None)
 def compiled(target: str = "x86-64", source: str = "bundle", **kw) -> Path:
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     src = source_bundle() if source == "bundle" else int8_graph(source)
     extra = "-".join(f"{k}{v}" for k, v in sorted(kw.items()))
     out = WORK / f"{target}-{source}{'-' + extra if extra else ''}"

@@ -55,8 +55,8 @@ def dev_model(tmp_path_factory) -> Path:
     if os.environ.get("EDGE_SLIM_DEV_MODEL"):
         return Path(os.environ["EDGE_SLIM_DEV_MODEL"])
     torch = pytest.importorskip("torch")
-    from edge_slim.aot.export import to_onnx
-    from edge_slim.aot.model import SlimPajama, config_for
+    from edge_slim.aot.model.export import to_onnx
+    from edge_slim.aot.model.slimpajama import SlimPajama, config_for
     from edge_slim.scenes.grammar import ANSWERS, vocabulary
 
     threads = torch.get_num_threads()
@@ -78,8 +78,8 @@ def dev_describe_bundle(tmp_path_factory) -> Path:
     eos, so captions run until the grammar's length limit (4-6 objects) and a difference between backends shows."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from edge_slim.aot.export import export_bundle
-    from edge_slim.aot.model import SlimPajama, config_for
+    from edge_slim.aot.model.export import export_bundle
+    from edge_slim.aot.model.slimpajama import SlimPajama, config_for
     from edge_slim.scenes import caption as C
     from edge_slim.scenes.grammar import ANSWERS, vocabulary
 

@@ -63,7 +63,7 @@ def test_arm_artifact_runs_under_qemu_and_matches_x86_ort(tmp_path):
     assert worst < TOL, f"aarch64 under qemu (whole graph and image/text parts) vs x86 ORT: max abs diff {worst}"
 
 
-# ---------------------------------------------------------------- int8 kernels (edge_slim/aot/int8_kernels.py)
+# ---------------------------------------------------------------- int8 kernels (edge_slim/aot/lower/int8_kernels.py)
 ARM_KERNELS = {"arm-sdot": "rpi5", "arm-neon-widen": "rpi4"}
 KERNEL_GUEST = r"""
 import sys, numpy as np, tvm_ffi
@@ -89,7 +89,7 @@ def test_arm_int8_kernels_equal_exact_integer_math_under_qemu(tmp_path):
     shapes and the extreme 255 x -128 products included; the libraries hold the instructions."""
     import tvm
     from tvm.support import cc
-    from edge_slim.aot import int8_kernels as K
+    from edge_slim.aot.lower import int8_kernels as K
     cases, want = {}, {}
     shapes = [(36, 128, 512), (16, 512, 128), (1, 128, 4), (3, 36, 100), (4, 64, 16)]
     for name, target in ARM_KERNELS.items():
@@ -184,7 +184,7 @@ def test_arm_qdq_conv_runs_as_integer_conv_under_qemu(target, tmp_path):
     correction): under qemu, equal to exact integer math for a strided padded 3x3, an unpadded 3x3 and a 1x1."""
     import onnx
     from compile_helpers import qdq_conv_model
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     cases, want = {}, {}
     for j, (c, o, k, stride, pad) in enumerate([(32, 64, 3, 2, 1), (8, 16, 3, 1, 0), (12, 48, 1, 1, 0)]):
         m, x, want[f"c{j}"] = qdq_conv_model(c, o, k, stride, pad, seed=j)

@@ -74,7 +74,7 @@ def need(path: Path) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def compiled(name: str, target: str = "x86-64") -> Path:
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     m = MODELS[name]
     out = WORK / f"{name}-{target}"
     compile_model(need(m.path), target, out=out, input_shapes=m.shapes, binds=m.binds)
@@ -125,7 +125,7 @@ def test_silero_vad_if_needs_bind_then_streams_as_ort_does(tmp_path):
     unbound, the error names If and --bind (not the LSTM inside, which the rewrite handles); bound, the If
     (and the shape Ifs inside) fold away, the LSTM is unrolled, and the artifact, fed its own state back
     chunk after chunk as an app streams audio, gives ONNX Runtime's probabilities."""
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime.backends.tvm_backend import TvmBackend
     src = need(SILERO / "silero_vad.onnx")
     shapes = {"input": [1, 512], "state": [2, 1, 128]}
@@ -158,7 +158,7 @@ def stream(be, src: Path, extra: dict, chunks: int = 12) -> None:
 def test_silero_vad_16k_export_folds_its_shape_ifs_and_compiles(tmp_path):
     """The 16 kHz export's three Ifs branch on shapes: with the shapes fixed they fold away unbound; its
     LSTM is unrolled; the unused `sr` input stays an input of the artifact (a 0-d int64)."""
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime.backends.tvm_backend import TvmBackend
     src = need(SILERO / "silero_vad_16k_op15.onnx")
     compile_model(src, "x86-64", out=tmp_path / "a", input_shapes={"input": [1, 512], "state": [2, 1, 128]})
@@ -194,7 +194,7 @@ def if_graph(tmp_path) -> Path:
 
 @pytest.mark.parametrize("rate", [16000, 8000])
 def test_bind_folds_if_and_input_shape_binds_minus_one(tmp_path, rate):
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime.backends.tvm_backend import TvmBackend
     src = if_graph(tmp_path)
     with pytest.raises(BadInputError, match=r"--input-shape x=1,1"):
@@ -211,7 +211,7 @@ def test_bind_folds_if_and_input_shape_binds_minus_one(tmp_path, rate):
 
 def test_shared_dimension_names_resolve_once_and_conflicts_are_named(tmp_path):
     from onnx import TensorProto, helper
-    from edge_slim.aot.onnx_rewrites import resolve_inputs
+    from edge_slim.aot.lower.onnx_rewrites import resolve_inputs
     v = helper.make_tensor_value_info
     p = _save(tmp_path, [helper.make_node("Add", ["a", "b"], ["y"])],
               [v("a", TensorProto.FLOAT, ["batch", 4]), v("b", TensorProto.FLOAT, ["batch", 4])],
@@ -231,7 +231,7 @@ def test_shared_dimension_names_resolve_once_and_conflicts_are_named(tmp_path):
 
 @pytest.mark.parametrize("spec, msg", [("x", "NAME=VALUE"), ("x=a,b", "not a number"), ("x=/no/such.npy", "not a readable")])
 def test_bad_bind_is_one_clear_error(spec, msg):
-    from edge_slim.aot.onnx_rewrites import parse_bind
+    from edge_slim.aot.lower.onnx_rewrites import parse_bind
     with pytest.raises(BadInputError, match=msg):
         parse_bind(spec)
 
@@ -240,7 +240,7 @@ def test_onehot_rewrite_matches_ort(tmp_path):
     """The importer rejects OneHot with a 1-element depth (magika's form) and makes it float64; the
     compare form compiles and agrees, negative indices included."""
     from onnx import TensorProto, helper, numpy_helper
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime.backends.tvm_backend import TvmBackend
     v = helper.make_tensor_value_info
     src = _save(tmp_path, [helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64),
@@ -283,7 +283,7 @@ def lstm_graph(tmp_path, steps: int, with_state: bool, with_bias: bool, outputs=
 def test_lstm_unrolled_computes_what_ort_computes(tmp_path, steps, with_state, with_bias, opset):
     """The rewrite on ONNX graphs, run by ONNX Runtime before and after: Y, Y_h and Y_c agree, with and
     without initial state and bias, one step and several, opsets with Squeeze axes as attribute or input."""
-    from edge_slim.aot.onnx_rewrites import apply_rewrites
+    from edge_slim.aot.lower.onnx_rewrites import apply_rewrites
     src, graph_in = lstm_graph(tmp_path, steps, with_state, with_bias, opset=opset)
     m = onnx.load(str(src))
     assert apply_rewrites(m) == {"lstm_unrolled": 1}
@@ -302,7 +302,7 @@ def test_lstm_unrolled_computes_what_ort_computes(tmp_path, steps, with_state, w
 def test_lstm_forms_not_covered_stay_and_are_named(tmp_path):
     """A bidirectional LSTM is not unrolled: the compile error still names it; a forward one compiles and
     matches ONNX Runtime."""
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime.backends.tvm_backend import TvmBackend
     src, _ = lstm_graph(tmp_path, 2, False, True, outputs=("Y_h",), direction="bidirectional")
     with pytest.raises(ModelError, match=r"LSTM \(1 node\)"):
@@ -429,7 +429,7 @@ def test_run_takes_an_image_and_prints_json_values(tmp_path):
 def test_compile_stores_preprocess_for_run(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
     from PIL import Image
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime.backends.tvm_backend import run_bundle
     from edge_slim.vision.spec import image_tensor, parse_spec
     v = helper.make_tensor_value_info
@@ -463,8 +463,8 @@ def tiny_convnet(tmp_path) -> Path:
 
 
 def test_quantize_any_refuses_a_broken_budget_and_writes_nothing(tmp_path):
-    from edge_slim.aot.quantize import BudgetError
-    from edge_slim.aot.quantize_any import quantize_onnx
+    from edge_slim.aot.quantize.slimpajama import BudgetError
+    from edge_slim.aot.quantize.any_model import quantize_onnx
     src = tiny_convnet(tmp_path)
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32))
     with pytest.raises(BudgetError) as e:
@@ -477,7 +477,7 @@ def test_quantize_any_refuses_a_broken_budget_and_writes_nothing(tmp_path):
                                        ("one", "at least 2"), ("wrong-shape", "the model takes")])
 def test_quantize_any_bad_calibration_data_is_one_clear_error(tmp_path, what, msg):
     from PIL import Image
-    from edge_slim.aot.quantize_any import quantize_onnx
+    from edge_slim.aot.quantize.any_model import quantize_onnx
     src = tiny_convnet(tmp_path)
     d = tmp_path / "data"
     d.mkdir()
@@ -498,7 +498,7 @@ def test_quantize_real_classifier_from_images_agrees_with_fp32(tmp_path):
     """The OCR direction classifier, calibrated on text-line images with its stated preprocessing:
     top-1 agreement with fp32 on the held-out quarter, the report in the manifest, and the bundle runs
     on an image through `edge-slim run` (ORT) with the stored spec."""
-    from edge_slim.aot.quantize_any import quantize_onnx
+    from edge_slim.aot.quantize.any_model import quantize_onnx
     from edge_slim.runtime.backends.tvm_backend import run_bundle
     from edge_slim.vision.spec import parse_spec
     lines = text_lines(tmp_path / "lines", 24)
@@ -517,7 +517,7 @@ def test_compact_names_keeps_the_interface_and_the_outputs(tmp_path):
     names, and the file is smaller."""
     import onnx
     import onnxruntime as ort
-    from edge_slim.aot.quantize_any import compact_names
+    from edge_slim.aot.quantize.any_model import compact_names
     src = need(MODELS["ocr-cls"].path)
     m = onnx.load(str(src))
     small = compact_names(onnx.load(str(src)))
@@ -534,7 +534,7 @@ def test_compact_names_keeps_the_interface_and_the_outputs(tmp_path):
 
 def test_quantize_real_detector_is_a_third_of_fp32(tmp_path):
     """The OCR text detector (4.7 MB, a convnet) from .npz tensors: int8 <= 0.35x fp32, output cosine reported."""
-    from edge_slim.aot.quantize_any import quantize_onnx
+    from edge_slim.aot.quantize.any_model import quantize_onnx
     src = need(MODELS["ocr-det"].path)
     x = np.random.default_rng(0).uniform(0, 1, (8, 3, 160, 160)).astype(np.float32)
     np.savez(tmp_path / "det.npz", x=x)
@@ -549,7 +549,7 @@ def test_bench_times_an_own_compiled_model_beside_its_onnx(tmp_path):
     timed side by side on the compiled model's input shapes (functional check: no timing is asserted)."""
     from click.testing import CliRunner
     import json
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.cli.main import cli
     src = tiny_convnet(tmp_path)
     compile_model(src, "x86-64", out=tmp_path / "o", input_shapes={"x": [1, 3, 16, 16]})
@@ -567,8 +567,8 @@ def test_bench_times_an_own_compiled_model_beside_its_onnx(tmp_path):
 
 def test_quantized_own_model_bundle_compiles_and_matches_its_onnx(tmp_path):
     """quantize MODEL.onnx -> an int8 ONNX bundle -> compile (int8 kept) -> TVM agrees with ORT on that graph."""
-    from edge_slim.aot.lower import compile_model
-    from edge_slim.aot.quantize_any import quantize_onnx
+    from edge_slim.aot.lower.pipeline import compile_model
+    from edge_slim.aot.quantize.any_model import quantize_onnx
     from edge_slim.runtime.backends.tvm_backend import TvmBackend
     src = tiny_convnet(tmp_path)
     x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)

@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 
 
 def _card(tmp_path, evals, args):
-    from edge_slim.aot.card import model_card
+    from edge_slim.aot.model.card import model_card
     run = tmp_path / "run"
     run.mkdir()
     (run / "args.json").write_text(json.dumps(args))

@@ -32,7 +32,7 @@ def test_x86_bundle_manifest_and_checksums():
     assert m["target"]["name"] == "x86-64" and m["target"]["host_triple"] == "x86_64-linux-gnu"
     assert m["target"]["tvm"]["mcpu"] == "x86-64-v3"
     assert m["toolchain"]["tvm"].startswith("0.27") and m["toolchain"]["cc"]
-    from edge_slim.aot.lower import PHASES
+    from edge_slim.aot.lower.pipeline import PHASES
     assert [p["phase"] for p in m["compile"]["phases"]] == [name for name, _ in PHASES]
     assert m["compile"]["flags"]["kernels_scheduled"] == m["compile"]["flags"]["kernels"]  # the rules cover all
     src = source_bundle()
@@ -56,7 +56,7 @@ def test_gelu_compiles_to_vector_erf_not_libm_calls():
 
 
 def test_debug_dump_writes_ir_per_phase(tmp_path):
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     src = tiny_onnx(tmp_path)
     compile_model(src, "x86-64", out=tmp_path / "out", debug_dump=tmp_path / "dump", input_shapes={"x": [1, 3, 16, 16]})
     names = sorted(p.name for p in (tmp_path / "dump").iterdir())
@@ -114,14 +114,14 @@ def test_byo_onnx_with_input_shape_and_run(tmp_path):
 
 
 def test_dynamic_dims_need_input_shape(tmp_path):
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     with pytest.raises(BadInputError, match=r"--input-shape x=1,3,16,16"):
         compile_model(tiny_onnx(tmp_path), "x86-64", out=tmp_path / "o")
 
 
 def test_unsupported_operators_are_listed_all_at_once(tmp_path):
     from onnx import TensorProto, helper
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     v = helper.make_tensor_value_info
     g = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("GRU", ["a", "a", "a"], ["b"]),
@@ -142,7 +142,7 @@ def test_internal_pass_failure_is_one_line_and_a_log(monkeypatch, tmp_path, caps
     """A bug in a pass (ours or TVM's) is not the user's input: one line naming the phase and the log that
     holds the traceback, exit 6, nothing written where the bundle would go."""
     import sys
-    from edge_slim.aot import lower
+    from edge_slim.aot.lower import pipeline as lower
     from edge_slim.cli.common import run_cli
     from edge_slim.cli.main import cli
 
@@ -163,7 +163,7 @@ def test_internal_pass_failure_is_one_line_and_a_log(monkeypatch, tmp_path, caps
 
 
 def test_missing_cross_compiler_names_the_package(monkeypatch, tmp_path):
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     monkeypatch.setenv("PATH", str(tmp_path))  # no compilers at all
     monkeypatch.setattr(T, "NVCC_CANDIDATES", ("nvcc",))
     monkeypatch.delenv("NVCC", raising=False)
@@ -174,7 +174,7 @@ def test_missing_cross_compiler_names_the_package(monkeypatch, tmp_path):
 
 
 def test_fp32_graph_with_int8_precision_is_refused(tmp_path):
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     with pytest.raises(BadInputError, match="edge-slim quantize"):
         compile_model(source_bundle(), "x86-64", precision="int8", out=tmp_path / "o")
 
@@ -275,7 +275,7 @@ def test_cli_compile_help_lists_options():
 def test_tuning_database_is_kept_and_reused(tmp_path):
     """A few MetaSchedule trials on a tiny model: the database is written, and a second compile
     applies it without tuning (same model + target)."""
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     src = tiny_onnx(tmp_path)
     shapes = {"x": [1, 3, 16, 16]}
     m1 = compile_model(src, "x86-64", out=tmp_path / "a", tune_trials=8, input_shapes=shapes, tuning_dir=tmp_path / "db")
@@ -290,7 +290,7 @@ def test_conv_weights_fp32_folds_the_dequantize_exactly():
     """conv2d(x, dequantize(int8 W)) becomes a conv on the float32 weight (w - zp) * s, per output channel."""
     import tvm
     from tvm import relax
-    from edge_slim.aot.graph_passes import conv_weights_fp32_pass
+    from edge_slim.aot.lower.graph_passes import conv_weights_fp32_pass
     rng = np.random.default_rng(3)
     w = rng.integers(-128, 128, (8, 3, 3, 3)).astype(np.int8)
     s, z = rng.uniform(0.001, 0.1, 8).astype(np.float32), rng.integers(-5, 5, 8).astype(np.int8)

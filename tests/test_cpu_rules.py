@@ -1,4 +1,4 @@
-"""The tuning-free CPU schedule rules (edge_slim/aot/cpu_rules.py) and the graph rewrites that feed them
+"""The tuning-free CPU schedule rules (edge_slim/aot/lower/cpu_rules.py) and the graph rewrites that feed them
 (graph_passes.py): the shapes real models have, each checked against an independent oracle (NumPy or ONNX
 Runtime)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from edge_slim import targets as T
 
 tvm = pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
-from edge_slim.aot import cpu_rules as R  # noqa: E402
+from edge_slim.aot.lower import cpu_rules as R  # noqa: E402
 from compile_helpers import conv_reference  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def test_inner_axis_softmax_and_odd_width_matmul_match_onnx_runtime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime import bundle as B
     from edge_slim.runtime.backends import backend_class
     rng = np.random.default_rng(3)
@@ -106,7 +106,7 @@ def test_sigmoid_vectorizes_without_libm(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import onnx
     from onnx import TensorProto, helper
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime import bundle as B
     from edge_slim.runtime.backends import backend_class
     nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]

@@ -93,7 +93,7 @@ def test_summary_is_micro_averaged():
 # ---- answers of the question's type --------------------------------------------------------
 
 def test_question_family_from_its_words():
-    from edge_slim.aot.data import make_tokenizer
+    from edge_slim.aot.model.data import make_tokenizer
     tok = make_tokenizer(16)
     rng = np.random.default_rng(0)
     n = 0
@@ -219,8 +219,8 @@ def tiny_bundle(tmp_path_factory, one_torch_thread):
     the same model's prefix graph beside it."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from edge_slim.aot import export as E
-    from edge_slim.aot.model import SlimPajama, config_for
+    from edge_slim.aot.model import export as E
+    from edge_slim.aot.model.slimpajama import SlimPajama, config_for
     from edge_slim.scenes.grammar import ANSWERS, vocabulary
     torch.manual_seed(3)
     m = SlimPajama(config_for("tiny", vocab_size=len(vocabulary()), num_answers=len(ANSWERS), **SMALL)).eval()
@@ -267,7 +267,7 @@ def test_describe_same_tokens_on_ort_and_numpy_and_both_decodings(tiny_bundle):
     # the prefix form of the same decoder (beside the bundle) gives the same greedy tokens
     b = open_bundle(out)
     m = b.manifest
-    from edge_slim.aot.export import describe_manifest
+    from edge_slim.aot.model.export import describe_manifest
     spec = dict(describe_manifest(tiny_bundle[0], "prefix"), graph="prefix.onnx")
     prefix = Bundle(out.parent, {**m, "describe": spec, "files": {"prefix.onnx": {}}})
     s = edge_slim.load(out, backend="ort")
@@ -329,9 +329,9 @@ def test_a_tampered_describe_graph_is_refused(tiny_bundle, tmp_path):
 
 def test_caption_loss_falls_within_a_few_dozen_steps(one_torch_thread):
     torch = pytest.importorskip("torch")
-    from edge_slim.aot import data as D
-    from edge_slim.aot.model import SlimPajama, config_for
-    from edge_slim.aot.train import AuxHead, batch_losses
+    from edge_slim.aot.model import data as D
+    from edge_slim.aot.model.slimpajama import SlimPajama, config_for
+    from edge_slim.aot.model.train import AuxHead, batch_losses
     from edge_slim.scenes.grammar import ANSWERS, vocabulary
     torch.manual_seed(0)
     cfg = config_for("tiny", vocab_size=len(vocabulary()), num_answers=len(ANSWERS), **SMALL)
@@ -352,8 +352,8 @@ def test_caption_loss_falls_within_a_few_dozen_steps(one_torch_thread):
 
 def test_checkpoints_from_before_the_decoder_still_load(tmp_path):
     torch = pytest.importorskip("torch")
-    from edge_slim.aot.model import SlimPajama, config_for
-    from edge_slim.aot.train import load_checkpoint
+    from edge_slim.aot.model.slimpajama import SlimPajama, config_for
+    from edge_slim.aot.model.train import load_checkpoint
     old = SlimPajama(config_for("tiny", describe_layers=0, **SMALL))
     cfg = old.cfg.to_dict()
     for k in ("describe_layers", "describe_mlp_ratio", "caption_vocab", "caption_len"):
@@ -365,7 +365,7 @@ def test_checkpoints_from_before_the_decoder_still_load(tmp_path):
 
 def test_tiny_fits_the_size_budget():
     pytest.importorskip("torch")
-    from edge_slim.aot.model import SlimPajama, config_for
+    from edge_slim.aot.model.slimpajama import SlimPajama, config_for
     m = SlimPajama(config_for("tiny"))
     assert m.decoder is not None
     # every parameter is stored once (model.onnx holds the memory projection, the decoder graph the rest);

@@ -47,7 +47,7 @@ def word_agreement(ref: list[str], got: list[str]) -> float:
 def int8_bundle(dev_describe_bundle, tmp_path_factory):
     """The dev bundle quantized in the default form; the budget is wide open (a random model's answers mean
     nothing), so the decoder is quantized and the report shows the describe figures it was judged by."""
-    from edge_slim.aot.quantize import quantize_bundle
+    from edge_slim.aot.quantize.slimpajama import quantize_bundle
     out = tmp_path_factory.mktemp("describe-int8") / "int8"
     report = quantize_bundle(dev_describe_bundle, out, calib_samples=5, eval_samples=8, describe_samples=8,
                              max_drop=1.0, threads=1)
@@ -105,9 +105,9 @@ def test_describe_json_cli_on_int8_bundle(int8_bundle):
 def test_decoder_over_the_budget_keeps_nodes_fp32_then_fails(dev_describe_bundle, tmp_path):
     """A budget no int8 decoder can meet (nor the fp32 one behind int8 memory): the most sensitive decoder
     nodes are kept fp32 one, then two at a time, then BudgetError (quantize writes nothing)."""
-    from edge_slim.aot.calibration import scene_feeds
-    from edge_slim.aot.quantize import FORMS, BudgetError, _session
-    from edge_slim.aot.quantize_describe import quantize_describe
+    from edge_slim.aot.quantize.calibration import scene_feeds
+    from edge_slim.aot.quantize.slimpajama import FORMS, BudgetError, _session
+    from edge_slim.aot.quantize.describe import quantize_describe
     b = B.open_bundle(dev_describe_bundle)
     feeds = scene_feeds(_session(b.model_path, b.manifest, 1), 2)
     lines: list[str] = []
@@ -120,8 +120,8 @@ def test_decoder_over_the_budget_keeps_nodes_fp32_then_fails(dev_describe_bundle
 
 
 def test_a_form_that_quantizes_nothing_carries_the_decoder_fp32(dev_describe_bundle, tmp_path):
-    from edge_slim.aot.quantize import Form, Step
-    from edge_slim.aot.quantize_describe import quantize_describe
+    from edge_slim.aot.quantize.slimpajama import Form, Step
+    from edge_slim.aot.quantize.describe import quantize_describe
     b = B.open_bundle(dev_describe_bundle)
     convs_only = Form("static conv only", (Step("static", ("Conv",), "qop", "u8"),))
     path, rec = quantize_describe(b, b.model_path, tmp_path, convs_only, [], method="minmax", weight_bits=7,
@@ -141,7 +141,7 @@ def compiled(src, target: str, work) -> B.Bundle:
     """`src` compiled for `target` (memoized per session)."""
     key = (str(src), target)
     if key not in _COMPILED:
-        from edge_slim.aot.lower import compile_model
+        from edge_slim.aot.lower.pipeline import compile_model
         out = work / f"{src.name}-{target}"
         compile_model(src, target, out=out)
         _COMPILED[key] = out
@@ -265,7 +265,7 @@ def test_aarch64_decoder_runs_under_qemu_as_on_x86(int8_bundle, work, tmp_path):
 @pytest.mark.slow
 def test_fp16_bundle_carries_the_decoder(dev_describe_bundle, tmp_path):
     import edge_slim
-    from edge_slim.aot.fp16 import fp16_bundle
+    from edge_slim.aot.quantize.fp16 import fp16_bundle
     r = fp16_bundle(dev_describe_bundle, tmp_path / "fp16", max_drop=1.0, eval_samples=4, threads=1)
     assert r["describe"]["precision"] == "fp32"
     b = B.open_bundle(tmp_path / "fp16")

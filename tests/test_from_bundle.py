@@ -1,4 +1,4 @@
-"""A shipped fp32 bundle rebuilt as a torch model (aot/from_bundle.py) computes what the bundle computes."""
+"""A shipped fp32 bundle rebuilt as a torch model (aot/model/from_bundle.py) computes what the bundle computes."""
 import numpy as np
 import pytest
 
@@ -9,13 +9,13 @@ from conftest import shipped_dir  # noqa: E402
 
 @pytest.fixture(scope="module")
 def rebuilt():
-    from edge_slim.aot.from_bundle import model_from_bundle
+    from edge_slim.aot.model.from_bundle import model_from_bundle
     torch.set_num_threads(1)
     return model_from_bundle(shipped_dir())
 
 
 def test_rebuilt_model_matches_onnx_runtime_on_the_bundle(rebuilt):
-    from edge_slim.aot.from_bundle import parity
+    from edge_slim.aot.model.from_bundle import parity
     assert rebuilt.new_parameters == ["logit_scale"]  # train-only: not in the exported graph
     assert parity(rebuilt, shipped_dir(), n=3) < 1e-4
 
@@ -23,7 +23,7 @@ def test_rebuilt_model_matches_onnx_runtime_on_the_bundle(rebuilt):
 def test_rebuilt_caption_decoder_matches_the_bundles_describe_graph(rebuilt):
     import json
 
-    from edge_slim.aot.export import describe_parity
+    from edge_slim.aot.model.export import describe_parity
     spec = json.loads((shipped_dir() / "manifest.json").read_text()).get("describe")
     if not spec:
         pytest.skip("the shipped bundle has no describe head")
@@ -32,8 +32,8 @@ def test_rebuilt_caption_decoder_matches_the_bundles_describe_graph(rebuilt):
 
 
 def test_calibrated_batchnorm_keeps_the_function_and_trains_near_it(rebuilt):
-    from edge_slim.aot.export import example_inputs
-    from edge_slim.aot.from_bundle import calibrate_batchnorm
+    from edge_slim.aot.model.export import example_inputs
+    from edge_slim.aot.model.from_bundle import calibrate_batchnorm
     g = torch.Generator().manual_seed(0)
     images = torch.randn(32, 3, 96, 96, generator=g)
     image, tokens = example_inputs(rebuilt, 0)
@@ -51,7 +51,7 @@ def test_calibrated_batchnorm_keeps_the_function_and_trains_near_it(rebuilt):
 def test_a_quantized_bundle_is_refused(tmp_path):
     import json
     import shutil
-    from edge_slim.aot.from_bundle import model_from_bundle
+    from edge_slim.aot.model.from_bundle import model_from_bundle
     int8 = shipped_dir().parent / "slimpajama-tiny-int8"
     dst = tmp_path / "b"
     shutil.copytree(int8, dst)

@@ -190,7 +190,7 @@ def test_unknown_arithmetic_is_a_clear_error(tmp_path):
 
 
 ort = pytest.importorskip("onnxruntime")
-from edge_slim.aot.int8_arith import ort_u8s8_arithmetic  # noqa: E402
+from edge_slim.aot.quantize.int8_arith import ort_u8s8_arithmetic  # noqa: E402
 
 
 def test_probe_knows_this_cpus_arithmetic():

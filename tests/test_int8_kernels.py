@@ -1,4 +1,4 @@
-"""Integer kernels of int8 artifacts (edge_slim/aot/int8_kernels.py): each equals exact integer math, never
+"""Integer kernels of int8 artifacts (edge_slim/aot/lower/int8_kernels.py): each equals exact integer math, never
 saturates, and compiled int8 x86 artifacts use them (vpmaddwd / vpdpbusd in the library)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from edge_slim import targets as T
 from edge_slim.errors import ModelError
 
 tvm = pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
-from edge_slim.aot import int8_kernels as K  # noqa: E402
+from edge_slim.aot.lower import int8_kernels as K  # noqa: E402
 
 TARGET = {"x86-avx2-madd": "x86-64", "x86-avx512-madd": "x86-64-avx512", "x86-vnni": "x86-64-vnni"}
 SHAPES = [(36, 128, 512), (16, 512, 128), (1, 128, 4), (16, 128, 24), (1, 128, 1), (3, 36, 100)]
@@ -140,7 +140,7 @@ def test_qdq_conv_runs_as_integer_conv(tmp_path, target, c, o, k, stride, pad):
     """A QDQ conv compiled for an int8_kernel target becomes im2col + the integer kernel (manifest flag), with
     the exact integer sums: equal to exact math up to the one float multiply, closer than the fp32 conv."""
     import onnx
-    from edge_slim.aot.lower import compile_model
+    from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime import bundle as B
     from edge_slim.runtime.backends import backend_class
     tgt = T.get_target(target)

@@ -25,7 +25,7 @@ from onnx import TensorProto as TP  # noqa: E402
 from onnx import helper as oh  # noqa: E402
 from onnx import numpy_helper as onh  # noqa: E402
 
-from edge_slim.aot.int8_arith import ort_u8s8_arithmetic  # noqa: E402
+from edge_slim.aot.quantize.int8_arith import ort_u8s8_arithmetic  # noqa: E402
 
 HEADS = ("answer_logits", "match_logit", "box", "box_score", "image_embed", "text_embed")
 # the export also hands the describe decoder its memory (image tokens + boxes), an intermediate that quantized and
@@ -255,7 +255,7 @@ def test_fp16_model_parity(dev_model, tmp_path):
     """The fp16 export (float16 weights and math, Casts at the fp32 islands) runs and agrees with ORT
     to fp16 precision: about as close as ORT's own fp16 run is to its fp32 one (~3e-4 here)."""
     try:
-        from edge_slim.aot.fp16 import to_fp16
+        from edge_slim.aot.quantize.fp16 import to_fp16
     except ImportError as e:
         pytest.skip(f"fp16 export unavailable: {e}")
     path = tmp_path / "fp16.onnx"

@@ -92,8 +92,8 @@ def test_missing_file(tmp_path):
 def test_same_as_training_preprocessing():
     """Training normalizes cached uint8 scenes with torch; inference with NumPy: same numbers."""
     torch = pytest.importorskip("torch")
-    from edge_slim.aot.data import _scene_arrays, make_tokenizer
-    from edge_slim.aot.train import to_tensor_images
+    from edge_slim.aot.model.data import _scene_arrays, make_tokenizer
+    from edge_slim.aot.model.train import to_tensor_images
     tok = make_tokenizer(16)
     for i in range(6):  # includes scenes rendered at 2x and resized, as user photos are
         u8 = _scene_arrays(0, i, tok)["images"]

@@ -21,8 +21,8 @@ from conftest import assert_clean_error, cli
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_slim.aot import calibration as C  # noqa: E402
-from edge_slim.aot import quantize as Q  # noqa: E402
+from edge_slim.aot.quantize import calibration as C  # noqa: E402
+from edge_slim.aot.quantize import slimpajama as Q  # noqa: E402
 from edge_slim.errors import BadInputError  # noqa: E402
 from edge_slim.runtime import bundle as B  # noqa: E402
 
@@ -38,8 +38,8 @@ def src_bundle(tmp_path_factory):
     if os.environ.get("EDGE_SLIM_TEST_FP32_BUNDLE"):
         return Path(os.environ["EDGE_SLIM_TEST_FP32_BUNDLE"])
     torch = pytest.importorskip("torch", reason="no shipped bundle and no torch to export one")
-    from edge_slim.aot.export import export_bundle
-    from edge_slim.aot.model import SlimPajama, config_for
+    from edge_slim.aot.model.export import export_bundle
+    from edge_slim.aot.model.slimpajama import SlimPajama, config_for
     from edge_slim.scenes.grammar import ANSWERS, vocabulary
     torch.manual_seed(0)
     model = SlimPajama(config_for("tiny", vocab_size=len(vocabulary()), num_answers=len(ANSWERS))).eval()
@@ -369,7 +369,7 @@ def test_calib_folder_errors_through_the_cli(bundle_here, tmp_path):
 
 # -- fp16 -----------------------------------------------------------------------------------------
 def test_fp16_keeps_norms_in_fp32_and_io_in_fp32(src_bundle, feeds, tmp_path):
-    from edge_slim.aot.fp16 import max_output_diff, to_fp16
+    from edge_slim.aot.quantize.fp16 import max_output_diff, to_fp16
     src = src_bundle / "model.onnx"
     half, kept = to_fp16(onnx.load(str(src)))
     ops = {n.name: n.op_type for n in half.graph.node}

@@ -115,7 +115,7 @@ def test_training_mix_refuses_the_evaluation_renderer():
     for bad in ("flat:1,unseen:1", {"unseen": 1.0}, "flat:x", "flat:0", "", "nope:1"):
         with pytest.raises(BadInputError):
             R.parse_mix(bad)
-    from edge_slim.aot import data as D
+    from edge_slim.aot.model import data as D
     with pytest.raises(BadInputError, match="evaluation only"):
         D.build_cache(4, renderers={"unseen": 1.0}, workers=1)
     assert D.mix_tag(None) == D.mix_tag("flat") == ""
@@ -123,7 +123,7 @@ def test_training_mix_refuses_the_evaluation_renderer():
 
 
 def test_cache_builder_mixes_renderers():
-    from edge_slim.aot import data as D
+    from edge_slim.aot.model import data as D
     mix = R.parse_mix("flat:0.2,varied2d:0.4,raycast:0.4")
     picks = [D.pick_renderer(0, i, mix) for i in range(300)]
     assert {p: picks.count(p) for p in mix} == pytest.approx({"flat": 60, "varied2d": 120, "raycast": 120}, abs=25)

@@ -90,7 +90,7 @@ def torch():
 
 
 def _small_model(torch, seed=0):
-    from edge_slim.aot.model import SlimPajama, config_for
+    from edge_slim.aot.model.slimpajama import SlimPajama, config_for
     from edge_slim.scenes import caption as CAP
     from edge_slim.scenes.grammar import ANSWERS, vocabulary
     torch.manual_seed(seed)
@@ -109,7 +109,7 @@ def _small_model(torch, seed=0):
 
 @pytest.fixture(scope="module")
 def cache():
-    from edge_slim.aot import data as D
+    from edge_slim.aot.model import data as D
     return D.build_cache(48, seed=0, workers=1)
 
 
@@ -121,7 +121,7 @@ def importance(torch, cache):
 
 
 def _outputs(torch, m, seed=0):
-    from edge_slim.aot.export import example_inputs
+    from edge_slim.aot.model.export import example_inputs
     image, tokens = example_inputs(m, seed)
     with torch.no_grad():
         return [t.numpy() for t in m.eval()(image, tokens)]
@@ -132,7 +132,7 @@ def test_pruned_model_is_dense_smaller_and_runs_through_export(torch, importance
     from onnx import numpy_helper
 
     import edge_slim
-    from edge_slim.aot.export import export_bundle
+    from edge_slim.aot.model.export import export_bundle
     from edge_slim.aot.slim.prune import Ratios, parameter_count, prune
     teacher = _small_model(torch)
     st = prune(teacher, importance, Ratios(heads=0.5, mlp=0.5, stem=0.5, layers=1), name="small-slim")
@@ -215,7 +215,7 @@ def test_taylor_importance_scores_a_dead_head_zero_and_ablation_finds_the_dead_l
 def test_distillation_lowers_student_teacher_divergence_within_a_few_steps(torch, cache):
     """The shipped teacher (a trained model: a random one has nearly flat answers to distill) and a student
     pruned from it; 8 steps of distillation bring the student's answers back towards the teacher's."""
-    from edge_slim.aot.from_bundle import model_from_bundle
+    from edge_slim.aot.model.from_bundle import model_from_bundle
     from edge_slim.aot.slim.batches import loss_batches
     from edge_slim.aot.slim.distill import DistillArgs, distill, divergence
     from edge_slim.aot.slim.prune import Ratios, measure_importance, prune
@@ -253,7 +253,7 @@ def test_ratios_parse_and_refuse_bad_specs():
 # -- the command ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_teacher(torch, tmp_path_factory):
-    from edge_slim.aot.export import export_bundle
+    from edge_slim.aot.model.export import export_bundle
     d = tmp_path_factory.mktemp("teacher") / "small"
     export_bundle(_small_model(torch), d)
     return d

@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edge_slim.aot.export import export_bundle  # noqa: E402
-from edge_slim.aot.model import SlimPajama, config_for  # noqa: E402
-from edge_slim.aot.train import TrainArgs, train  # noqa: E402
+from edge_slim.aot.model.export import export_bundle  # noqa: E402
+from edge_slim.aot.model.slimpajama import SlimPajama, config_for  # noqa: E402
+from edge_slim.aot.model.train import TrainArgs, train  # noqa: E402
 from edge_slim.scenes.grammar import ANSWERS, vocabulary  # noqa: E402
 
 SMALL = {"dim": 48, "heads": 2, "stem": (8, 16, 32), "image_layers": 1, "text_layers": 1, "cross_layers": 1,
@@ -33,8 +33,8 @@ def test_training_checkpoints_and_resumes(tmp_path):
 
 
 def test_loss_falls_within_a_few_dozen_steps(tmp_path):
-    from edge_slim.aot import data as D
-    from edge_slim.aot.train import AuxHead, batch_losses
+    from edge_slim.aot.model import data as D
+    from edge_slim.aot.model.train import AuxHead, batch_losses
     torch.manual_seed(0)
     cfg = config_for("tiny", vocab_size=len(vocabulary()), num_answers=len(ANSWERS), **SMALL)
     model, aux = SlimPajama(cfg), AuxHead(cfg.dim)
@@ -77,8 +77,8 @@ def test_export_parity_and_contract(tmp_path):
 
 def test_question_cells_are_the_generators_targets():
     """The pointer's training targets, read back from cached tokens, name the generator's object."""
-    from edge_slim.aot import data as D
-    from edge_slim.aot.train import question_targets
+    from edge_slim.aot.model import data as D
+    from edge_slim.aot.model.train import question_targets
     from edge_slim.scenes import generate as G
     make_tok = lambda: D.make_tokenizer(16)
     cache = D.build_cache(60, seed=0, workers=1)
@@ -110,7 +110,7 @@ def test_question_cells_are_the_generators_targets():
                 assert bool(qt["sel1"][i, j].any()) == (q["answer"] == "yes")
     assert checked > 100
     # captions: a true caption's descriptions each fit some object; the relation is read right
-    from edge_slim.aot.train import text_targets
+    from edge_slim.aot.model.train import text_targets
     ct = text_targets(cache.c_true, cache.cells)
     assert ct["sel1"].any(-1).all()
     assert (ct["sel2"].any(-1) | ~ct["has2"]).all()

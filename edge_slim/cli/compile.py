@@ -48,10 +48,10 @@ def _progress(ev: dict) -> None:
 def compile_cmd(model, target, precision, out, tune_trials, input_shapes, dynamic, binds, preprocess, cuda_arch,
                 recipe, debug_dump, tuning_dir, no_split, as_json):
     """Compile MODEL (a bundle or .onnx; default the shipped SlimPajama-Tiny) for a device."""
-    from ..aot.lower import compile_model, parse_shapes
+    from ..aot.lower.pipeline import compile_model, parse_shapes
     from ..targets import get_target
     tgt = get_target(target)
-    from ..aot.onnx_rewrites import parse_bind, parse_dynamic
+    from ..aot.lower.onnx_rewrites import parse_bind, parse_dynamic
     from ..vision.spec import parse_spec
     shapes = parse_shapes(input_shapes)
     dyn = dict(parse_dynamic(s) for s in dynamic)

@@ -44,7 +44,7 @@ def quantize_cmd(model, out, calib_samples, calib_dir, method, form, precision, 
     Exits 5 and writes nothing when the accuracy budget cannot be met.
     """
     try:
-        from ..aot import quantize as Q
+        from ..aot.quantize import slimpajama as Q
     except ImportError as e:
         from ..errors import MissingDependencyError
         raise MissingDependencyError(f"quantize needs {e.name or e}: pip install 'edge-slim[quantize]'") from None
@@ -52,8 +52,8 @@ def quantize_cmd(model, out, calib_samples, calib_dir, method, form, precision, 
     if calib_dir is not None and src is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--calib-samples and --calib are alternatives; pass one")
     log = lambda m: click.echo(m, err=True)
-    if model is not None and str(model).endswith(".onnx"):   # an own model: edge_slim/aot/quantize_any.py
-        from ..aot import quantize_any as QA
+    if model is not None and str(model).endswith(".onnx"):   # an own model: edge_slim/aot/quantize/any_model.py
+        from ..aot.quantize import any_model as QA
         from ..vision.spec import parse_spec
         if calib_dir is None:
             raise click.UsageError("MODEL.onnx needs --calib DATA (images with --preprocess, or .npz/.npy tensors)")
@@ -65,7 +65,7 @@ def quantize_cmd(model, out, calib_samples, calib_dir, method, form, precision, 
     # the libraries print the resolved settings once the inputs are known to be good (so that a bad
     # input gives exactly one line on stderr)
     if precision == "fp16":
-        from ..aot.fp16 import fp16_bundle
+        from ..aot.quantize.fp16 import fp16_bundle
         r = fp16_bundle(model, out, max_drop=max_accuracy_drop, eval_samples=eval_samples, threads=threads, log=log)
     else:
         r = Q.quantize_bundle(model, out, calib_samples=calib_samples, calib_dir=calib_dir, method=method,
@@ -79,7 +79,7 @@ def quantize_cmd(model, out, calib_samples, calib_dir, method, form, precision, 
     text += [f"{k:14s} {ev['fp32'][k]:7.4f} {ev[precision][k]:7.4f}" for k in ev["fp32"]]
     text += [f"  {f:12s} {v['fp32']:7.4f} {v[precision]:7.4f}" for f, v in ev.get("per_family", {}).items()]
     d = r.get("describe")
-    if d:  # the caption decoder: its own precision and figures (aot/quantize_describe.py)
+    if d:  # the caption decoder: its own precision and figures (aot/quantize/describe.py)
         line = f"describe: decoder {d['precision']}"
         e = d.get("eval") or {}
         if e.get("fp32") and e.get("int8"):

@@ -36,7 +36,7 @@ def train_cmd(size, steps, minutes, batch, lr, scenes, seed, out, cache_dir, eva
     from ..scenes.renderers import parse_mix
     mix = parse_mix(renderers)  # a bad mix fails before torch is needed or anything is rendered
     _need_torch()
-    from ..aot.train import TrainArgs, train
+    from ..aot.model.train import TrainArgs, train
     a = TrainArgs(size=size, steps=steps, minutes=minutes, batch=batch, lr=lr, scenes=scenes, seed=seed, out=out,
                   eval_every=eval_every, threads=threads, init_from=init_from, warmup=warmup,
                   renderers=",".join(f"{k}:{v:g}" for k, v in mix.items()))
@@ -59,8 +59,8 @@ def export_cmd(checkpoint, out, eval_samples, card, as_json):
     _need_torch()
     from pathlib import Path
 
-    from ..aot.export import export_bundle
-    from ..aot.train import load_checkpoint
+    from ..aot.model.export import export_bundle
+    from ..aot.model.train import load_checkpoint
     model = load_checkpoint(checkpoint)
     res = export_bundle(model, Path(out), eval_samples=eval_samples, run_dir=Path(checkpoint).parent if card else None)
     emit(res, as_json)

@@ -1,5 +1,5 @@
 """Model inputs made from generated scenes, for code that needs realistic inputs without a dataset:
-quantization's calibration (aot/calibration.py) and `edge-slim bench` (runtime/bench.py).
+quantization's calibration (aot/quantize/calibration.py) and `edge-slim bench` (runtime/bench.py).
 
 Feeds are model inputs ({"image": [1,3,H,W] float32, "tokens": [1,L] int64}) made with a Session's own
 preprocessing and tokenizer, so they are exactly what inference sees.

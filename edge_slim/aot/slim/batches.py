@@ -1,4 +1,4 @@
-"""Fixed calibration batches drawn from the training pipeline (aot/train.py), as loss closures.
+"""Fixed calibration batches drawn from the training pipeline (aot/model/train.py), as loss closures.
 
 Pruning scores groups by the gradient or the rise of the training loss on a few batches; both need the
 same batches every time the loss is computed (before and after a layer is skipped), so each batch is
@@ -11,9 +11,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import data as D
-from .. import train as T
-from ..model import SlimPajama
+from ..model import data as D
+from ..model import train as T
+from ..model.slimpajama import SlimPajama
 
 
 def training_targets(cache: D.Cache) -> tuple[dict, dict, dict]:

@@ -1,6 +1,6 @@
 """Knowledge distillation from a teacher SlimPajama into a (pruned or smaller) student, plus the truth.
 
-Both models see the same batch of the training pipeline (aot/train.py: B images, five texts each).
+Both models see the same batch of the training pipeline (aot/model/train.py: B images, five texts each).
 The student learns the scenes' ground truth (train.ground_truth_losses, without the train-only auxiliary
 head: a bundle has none, and a fresh one would pull the image tower around while it learns) and the
 teacher's outputs, softened by a temperature T where they are distributions:
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...scenes import caption as CAP
-from .. import data as D
-from .. import train as T
-from ..model import SlimPajama
+from ..model import data as D
+from ..model import train as T
+from ..model.slimpajama import SlimPajama
 from .batches import training_targets
 
 EMBED_SCALE = 10.0   # the similarity scale of kd_embed: SlimPajama's initial logit_scale (a bundle keeps none)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model import Config, SlimPajama
+from ..model.slimpajama import Config, SlimPajama
 
 # transformer stacks: model attribute (ModuleList of blocks) -> Config field counting its layers
 ENCODER_STACKS = {"img_blocks": "image_layers", "txt_blocks": "text_layers", "cross_blocks": "cross_layers",

@@ -1,9 +1,9 @@
 """`edge-slim slim` as a library: build candidates from a teacher bundle, measure them, choose one, write it.
 
-    teacher fp32 bundle -> torch model (aot/from_bundle.py) + a scene cache (aot/train.py's)
+    teacher fp32 bundle -> torch model (aot/model/from_bundle.py) + a scene cache (aot/model/train.py's)
       -> importance of every head / FFN unit / stem channel / layer, measured once on the teacher
       -> per pruning ratio set: prune -> distill (teacher + ground truth) -> export an fp32 bundle
-      -> per candidate (the teacher itself included), per precision: int8 by aot/quantize.py's
+      -> per candidate (the teacher itself included), per precision: int8 by aot/quantize/slimpajama.py's
          quantize_bundle (per-node fp32 fallback by measured sensitivity, within --int8-max-drop)
       -> every candidate measured through the runtime: size, accuracy on held-out scenes of each
          training renderer and the unseen one, p50 model-call latency (runtime/bench.py, paired rounds)
@@ -74,7 +74,7 @@ def graph_bytes(bundle: Path) -> int:
 
 
 def error_of(scores: dict[str, dict]) -> float:
-    from ..quantize import HEADLINE
+    from ..quantize.slimpajama import HEADLINE
     per = [sum(s[k] for k in HEADLINE) / len(HEADLINE) for s in scores.values()]
     return round(1.0 - sum(per) / len(per), 5)
 
@@ -119,8 +119,8 @@ def slim(a: SlimArgs, out: Path, objective: S.Objective, log: Callable[[str], No
     to `plot`); -> the report."""
     tb = check_args(a, Path(out))
     import torch
-    from ..from_bundle import model_from_bundle
-    from ..train import TrainArgs, scene_cache
+    from ..model.from_bundle import model_from_bundle
+    from ..model.train import TrainArgs, scene_cache
     from .batches import loss_batches
     from .prune import measure_importance
 
@@ -192,7 +192,7 @@ def _params(model) -> int:
 
 
 def _build(teacher, imp, r: Ratios, cache, a: SlimArgs, work: Path, renderers, log, progress) -> dict:
-    from ..export import export_bundle
+    from ..model.export import export_bundle
     from .distill import distill, divergence
     from .prune import prune
     student = prune(teacher, imp, r, name=f"{teacher.cfg.name}-slim-{r.tag}")
@@ -221,7 +221,7 @@ def _add(cands: list[dict], fp32: dict, a: SlimArgs, renderers, work: Path, log,
     cands.append(fp32)
     if "int8" not in a.precisions:
         return
-    from ..quantize import BudgetError, quantize_bundle
+    from ..quantize.slimpajama import BudgetError, quantize_bundle
     dst = work / fp32["tag"] / "int8"
     try:
         q = quantize_bundle(fp32["bundle"], dst, calib_samples=a.calib_samples, max_drop=a.int8_max_drop,

@@ -201,7 +201,7 @@ class TvmBackend:
         self._parts = None
         self._texts, self.texts_at_once = None, False
         sp = m.get("split")
-        if sp:   # image once, many texts (aot/lower_split.py): the graph's image and text parts
+        if sp:   # image once, many texts (aot/lower/split.py): the graph's image and text parts
             from ..split import Split
             lib = {p: _Library(bundle.graph(sp[p]["graph"], f"the {p} part").model_path, kind, self.device,
                                sp[p]["inputs"], sp[p]["outputs"]) for p in ("image", "text", "texts") if p in sp}

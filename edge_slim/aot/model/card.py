@@ -22,7 +22,7 @@ def model_card(model, run_dir: Path, manifest: dict, res: dict) -> str:
            + (f" --renderers {args['renderers']}" if args.get("renderers", "flat") != "flat" else "")
            + (f" --init-from {args['init_from']}" if args.get("init_from") else ""))
     out = [f"# {manifest['name']} — model card", "",
-           "A compact image+text transformer (see `edge_slim/aot/model.py`), trained (from scratch, or warm-started as below) on "
+           "A compact image+text transformer (see `edge_slim/aot/model/slimpajama.py`), trained (from scratch, or warm-started as below) on "
            "generated CLEVR-like scenes (`docs/scenes.md`). It knows only that world: 5 shapes, 8 colours, "
            "2 sizes on textured backgrounds; photos of real objects are out of its domain.", "",
            "## Architecture", "",

@@ -2,7 +2,7 @@
 
 Exported models arrive with dynamic dimensions (`-1`, `N`, `batch`, `?`), inputs that only select a
 code path (a sample rate feeding an `If`), and operators or operator forms TVM 0.27's importer lacks.
-All of this is fixed here, on the ONNX graph, before import (lower.py's `load` phase calls `prepare`):
+All of this is fixed here, on the ONNX graph, before import (pipeline.py's `load` phase calls `prepare`):
 
     resolve_inputs   --input-shape / --dynamic / --bind -> one spec per remaining input; symbolic
                      dimension names shared between inputs (`batch` in `input` and `state`) get one value
@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import BadInputError, ModelError
+from ...errors import BadInputError, ModelError
 
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
 # never folded: int8 weights must stay int8 constants (dequantize is fused into the kernel), and random ops
@@ -33,7 +33,7 @@ NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Rando
            "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan"}
 FLOATS = {1: np.float32, 10: np.float16, 11: np.float64}
 FOLD_MAX_ELEMENTS = 1 << 22     # a folded constant larger than this stays a node (it would bloat the artifact)
-DOCS = "docs/compile.md (section 'Operators'); rewrites live in edge_slim/aot/onnx_rewrites.py"
+DOCS = "docs/compile.md (section 'Operators'); rewrites live in edge_slim/aot/lower/onnx_rewrites.py"
 
 
 # ---------------------------------------------------------------- inputs

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..scenes import renderers as R
-from ..scenes.grammar import ANSWERS
-from ..vision.preprocess import to_model_input
-from ..scenes.evaluate import box_iou, model_image
+from ...scenes import renderers as R
+from ...scenes.grammar import ANSWERS
+from ...vision.preprocess import to_model_input
+from ...scenes.evaluate import box_iou, model_image
 from .data import make_tokenizer
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime import bundle as B
-from ..scenes import caption as CAP
-from ..scenes.grammar import ANSWERS, SYNONYMS, vocabulary
-from ..vision import preprocess as P
-from .model import INPUT_NAMES, MEMORY_OUTPUT, DescribePrefix, DescribeStep, SlimPajama, output_names
+from ...runtime import bundle as B
+from ...scenes import caption as CAP
+from ...scenes.grammar import ANSWERS, SYNONYMS, vocabulary
+from ...vision import preprocess as P
+from .slimpajama import INPUT_NAMES, MEMORY_OUTPUT, DescribePrefix, DescribeStep, SlimPajama, output_names
 
 # Opset 20 has a Gelu op: the exporter writes each GELU as one node instead of the 5-node
 # x * 0.5 * (1 + erf(x / sqrt2)) chain that ONNX Runtime's fusion does not match (~17 % of fp32 time).
@@ -164,7 +164,7 @@ def export_bundle(model: SlimPajama, out: Path, eval_samples: int = 0, run_dir: 
             res["describe_parity_max_abs_diff"] = describe_parity(model, tmp / DESCRIBE_GRAPH)
         if eval_samples:
             import edge_slim
-            from ..scenes.evaluate import evaluate
+            from ...scenes.evaluate import evaluate
             manifest["eval"] = res["eval"] = evaluate(edge_slim.load(tmp, backend="ort"), samples=eval_samples)
         if run_dir is not None:
             from .card import model_card

@@ -22,13 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import BadInputError
-from ..scenes import caption as CAP
-from ..scenes import renderers as R
-from ..scenes.grammar import ANSWERS, COLORS, SHAPES, SIZES, vocabulary
-from ..vision.preprocess import MEAN, STD
+from ...errors import BadInputError
+from ...scenes import caption as CAP
+from ...scenes import renderers as R
+from ...scenes.grammar import ANSWERS, COLORS, SHAPES, SIZES, vocabulary
+from ...vision.preprocess import MEAN, STD
 from . import data as D
-from .model import Config, SlimPajama, config_for
+from .slimpajama import Config, SlimPajama, config_for
 
 
 @dataclass
@@ -94,7 +94,7 @@ def text_targets(tok: np.ndarray, cells: np.ndarray) -> dict:
     has2 [N,K]           the text has a second description
     rel [N,K]            index of its relation (left of, right of, above, below), or -1
     """
-    from ..scenes.grammar import SHAPE_PLURALS
+    from ...scenes.grammar import SHAPE_PLURALS
     vocab = vocabulary()
     attr_of = np.full(len(vocab), -1)
     value_of = np.full(len(vocab), -1)
@@ -129,7 +129,7 @@ def question_targets(cache: D.Cache) -> dict:
     p1  [N,NQ]  the one object a color/shape/size question is about, or a spatial question's first (-1: none)
     p2  [N,NQ]  a spatial question's second object (-1: none)
     """
-    from ..scenes.grammar import FAMILIES
+    from ...scenes.grammar import FAMILIES
     t = text_targets(cache.q_tok, cache.cells)
     f = {n: cache.q_fam == FAMILIES.index(n) for n in FAMILIES}
     unique = lambda m, ok: np.where(ok & (m.sum(-1) == 1), m.argmax(-1), -1)
@@ -264,7 +264,7 @@ def train(a: TrainArgs, log=print) -> Path:
         log(f"resumed from {ckpt} at step {step}")
     elif a.init_from and not Path(a.init_from).exists():
         raise BadInputError(f"--init-from {a.init_from}: no such checkpoint or bundle")
-    elif a.init_from and Path(a.init_from).is_dir():  # an exported fp32 bundle (aot/from_bundle.py)
+    elif a.init_from and Path(a.init_from).is_dir():  # an exported fp32 bundle (aot/model/from_bundle.py)
         from .from_bundle import model_from_bundle
         src = model_from_bundle(a.init_from, describe_layers=cfg.describe_layers)
         if src.cfg != cfg:

@@ -1,6 +1,6 @@
 """The caption decoder (describe graph) of an int8 bundle: quantized in the bundle's form, or carried fp32.
 
-`edge-slim quantize` turns model.onnx into int8 within a budget on the task heads (quantize.py); a bundle
+`edge-slim quantize` turns model.onnx into int8 within a budget on the task heads (slimpajama.py); a bundle
 with a describe head has a second graph, describe_decoder.onnx, called once per generated token. It is
 quantized here with the same form (only the form's steps whose ops the decoder has: its linear layers and
 token embedding; LayerNorm, Softmax and the attention products stay fp32 as in model.onnx), calibrated where
@@ -22,10 +22,10 @@ from typing import Callable
 
 import onnx
 
-from ..errors import ModelError
-from ..runtime import bundle as B
+from ...errors import ModelError
+from ...runtime import bundle as B
 from .calibration import describe_feeds
-from .quantize import BudgetError, Form, build, candidates, fuse_parallel_linears
+from .slimpajama import BudgetError, Form, build, candidates, fuse_parallel_linears
 
 METRICS = ("object_precision", "object_recall", "exact_scene")   # the figures the budget applies to
 FP32_GRAPH, INT8_GRAPH = "describe_fp32.onnx", "describe_int8.onnx"
@@ -40,9 +40,9 @@ def decoder_form(model: onnx.ModelProto, form: Form) -> Form:
 def _describer(work: Path, manifest: dict, model_file: str, graph: str, arithmetic: str | None, threads):
     """(Session on model_file, Describer on graph), both files in `work`, both computed in `arithmetic`
     (None, or ORT's own on this CPU: ONNX Runtime; else the NumPy backend in that arithmetic)."""
-    from ..runtime.backends import backend_class
-    from ..runtime.describe import Describer
-    from ..runtime.session import Session
+    from ...runtime.backends import backend_class
+    from ...runtime.describe import Describer
+    from ...runtime.session import Session
     from .int8_arith import ort_u8s8_arithmetic
     man = {**manifest, "model_file": model_file, "describe": {**manifest["describe"], "graph": graph},
            "files": {model_file: {}, graph: {}}}
@@ -56,9 +56,9 @@ def _describer(work: Path, manifest: dict, model_file: str, graph: str, arithmet
 
 def captions(session, describer, samples: int, seed: int | None = None, renderer: str | None = None) -> list[str]:
     """`describe` texts of held-out scenes (those edge_slim.scenes.caption.evaluate_describe scores)."""
-    from ..scenes import renderers as R
-    from ..scenes.caption import decode_caption
-    from ..scenes.evaluate import DEFAULT_EVAL_SEED, model_image
+    from ...scenes import renderers as R
+    from ...scenes.caption import decode_caption
+    from ...scenes.evaluate import DEFAULT_EVAL_SEED, model_image
     seed, renderer = DEFAULT_EVAL_SEED if seed is None else seed, renderer or R.DEFAULT_RENDERER
     out = []
     for i in range(samples):
@@ -69,9 +69,9 @@ def captions(session, describer, samples: int, seed: int | None = None, renderer
 
 
 def score(texts: list[str], seed: int | None = None, renderer: str | None = None) -> dict:
-    from ..scenes import renderers as R
-    from ..scenes.caption import score_caption, summarize
-    from ..scenes.evaluate import DEFAULT_EVAL_SEED
+    from ...scenes import renderers as R
+    from ...scenes.caption import score_caption, summarize
+    from ...scenes.evaluate import DEFAULT_EVAL_SEED
     seed, renderer = DEFAULT_EVAL_SEED if seed is None else seed, renderer or R.DEFAULT_RENDERER
     return summarize([score_caption(t, R.place(renderer, seed, i)) for i, t in enumerate(texts)])
 

@@ -26,8 +26,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import BadInputError, EdgeSlimError, ModelError
-from ..runtime import bundle as B
+from ...errors import BadInputError, EdgeSlimError, ModelError
+from ...runtime import bundle as B
 from .calibration import CALIB_SEED, FeedReader, folder_feeds, scene_feeds
 from .int8_arith import check_arithmetics, integer_form, may_saturate  # noqa: F401 (may_saturate: API)
 
@@ -97,7 +97,7 @@ DEFAULT_FORM = "dynamic-pt-rgb32"
 METHODS = ("minmax", "entropy", "percentile")
 # Weights of the integer steps in 7 bits ([-64, 64], ORT's reduce_range) or 8 ([-127, 127]). With 8, a pair of
 # uint8 x int8 products can overflow the int16 that ONNX Runtime's AVX2 kernels (x86 without VNNI) sum it in,
-# and the bundle answers differently there than everywhere else (docs/quantize.md, aot/int8_arith.py).
+# and the bundle answers differently there than everywhere else (docs/quantize.md, aot/quantize/int8_arith.py).
 WEIGHT_BITS = (7, 8)
 DEFAULT_WEIGHT_BITS = 7
 def _weight_slot(node, inits) -> tuple[int, int] | None:
@@ -330,7 +330,7 @@ def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
 def _session(model_file: Path, manifest: dict, threads: int | None = None, arithmetic: str | None = None):
     """ONNX Runtime, or, when it computes in another integer arithmetic on this CPU than the one asked for,
     the NumPy backend in that arithmetic (exact, or ORT's AVX2 form emulated bit for bit)."""
-    from ..runtime.session import Session
+    from ...runtime.session import Session
     from .int8_arith import ort_u8s8_arithmetic
     bundle = B.Bundle(model_file.parent, {**manifest, "model_file": model_file.name})
     if arithmetic is None or arithmetic == ort_u8s8_arithmetic():
@@ -342,8 +342,8 @@ def task_scores(model_file: Path, manifest: dict, samples: int, threads: int | N
                 arithmetic: str | None = None) -> dict:
     """Held-out accuracy (edge_slim.scenes.evaluate on seed 1) of one ONNX file with the bundle's tokenizer,
     computed in `arithmetic` (None: whatever ONNX Runtime does on this CPU). The describe head is judged
-    apart, once (quantize_describe.py), not in every trial of the budget loop."""
-    from ..scenes.evaluate import DEFAULT_EVAL_SEED, evaluate
+    apart, once (describe.py), not in every trial of the budget loop."""
+    from ...scenes.evaluate import DEFAULT_EVAL_SEED, evaluate
     return evaluate(_session(model_file, manifest, threads, arithmetic), samples=samples, seed=DEFAULT_EVAL_SEED,
                     describe=False)
 
@@ -465,7 +465,7 @@ def quantize_bundle(model=None, out=None, *, calib_samples: int = 100, calib_dir
     arithmetic)` and the budget applies to the worst. Raises BudgetError (and writes nothing) when the
     budget cannot be met. A describe head's decoder graph is quantized in the same form where its caption
     figures on `describe_samples` held-out scenes (default min(eval_samples, 200)) stay within `max_drop`, else
-    carried fp32 (aot/quantize_describe.py).
+    carried fp32 (aot/quantize/describe.py).
     """
     if form not in FORMS:
         raise BadInputError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
@@ -539,7 +539,7 @@ def quantize_bundle(model=None, out=None, *, calib_samples: int = 100, calib_dir
         report["quantized_from"] = {"name": m["name"], "model_sha256": m["files"][m["model_file"]]["sha256"]}
         describe = None
         if m.get("describe"):
-            from .quantize_describe import quantize_describe
+            from .describe import quantize_describe
             n = min(eval_samples, 200) if describe_samples is None else describe_samples
             describe, report["describe"] = quantize_describe(
                 src_b, cand, work, F, feeds, method=method, weight_bits=weight_bits, arithmetics=arithmetics,

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import BadInputError
-from ..scenes.feeds import scene_feeds as _scene_feeds
+from ...errors import BadInputError
+from ...scenes.feeds import scene_feeds as _scene_feeds
 
 CALIB_SEED = 2        # training uses scene stream 0 and evaluation stream 1
 CALIB_FILE = "calib.jsonl"

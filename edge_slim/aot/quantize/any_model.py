@@ -2,7 +2,7 @@
 
     MODEL.onnx + DATA (images with a stated --preprocess spec, or .npz/.npy input tensors)
         -> samples, split: the first 3/4 calibrate, the last 1/4 (at least one) are held out
-        -> int8 graph in one of quantize.py's FORMS (the same forms, `build` and `candidates` as SlimPajama)
+        -> int8 graph in one of slimpajama.py's FORMS (the same forms, `build` and `candidates` as SlimPajama)
         -> fp32 and int8 run on the held-out samples: per output cosine and max abs error, and for a
            classifier (one 2-D [N, classes] output) top-1 agreement
         -> the budget (quantize.fit_budget): while the drop exceeds --max-accuracy-drop, the most sensitive
@@ -22,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import BadInputError, ModelError
-from ..runtime import bundle as B
-from . import quantize as Q
+from ...errors import BadInputError, ModelError
+from ...runtime import bundle as B
+from . import slimpajama as Q
 
 SENSITIVITY_SAMPLES = 16
 # SlimPajama's default form keeps convs with < 8 input channels per group fp32 (its RGB stem); in the
@@ -59,7 +59,7 @@ def load_samples(data, inputs: list[dict], preprocess: dict | None = None) -> li
     - an .npy file: the same, for a model with one input.
     Images need the --preprocess spec (size, normalization) and a model with one image input.
     """
-    from ..vision.spec import image_tensor, is_image_file
+    from ...vision.spec import image_tensor, is_image_file
     p = Path(data)
     if not p.exists():
         raise BadInputError(f"calibration data not found: {p}")
@@ -170,7 +170,7 @@ def _normalize(m):
     Paddle exports them), folded where they are computed from constants; BatchNormalization folded into
     its Conv (ONNX Runtime's basic, semantics-preserving optimizer: one int8 weight instead of an int8 weight
     and four fp32 vectors); and every node named (the fp32 fallbacks are given by node name)."""
-    from .onnx_rewrites import fold, ort_basic_optimize
+    from ..lower.onnx_rewrites import fold, ort_basic_optimize
     fold(m)
     try:
         m = ort_basic_optimize(m)
@@ -309,7 +309,7 @@ def compact_names(m):
 
 def _write_bundle(out: Path, model_file: Path, src: Path, inputs, output_names, m, preprocess, report) -> None:
     import onnxruntime
-    from .onnx_rewrites import ONNX_DTYPES
+    from ..lower.onnx_rewrites import ONNX_DTYPES
     outs = []
     for o in m.graph.output:
         tt = o.type.tensor_type

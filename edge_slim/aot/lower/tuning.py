@@ -19,7 +19,7 @@ import sys
 import types
 from pathlib import Path
 
-from ..errors import MissingDependencyError
+from ...errors import MissingDependencyError
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
@@ -27,7 +27,7 @@ DB_FILES = ("database_workload.json", "database_tuning_record.json")
 def database_dir(job) -> Path:
     base = job.tuning_dir or Path(os.environ.get("EDGE_SLIM_CACHE", Path.home() / ".cache" / "edge-slim")) / "tuning"
     key = json.dumps(job.target.tvm_target(cuda_arch=job.cuda_arch), sort_keys=True)
-    from ..runtime.bundle import sha256_file
+    from ...runtime.bundle import sha256_file
     model = sha256_file(job.onnx_path)[:16]
     tgt = hashlib.sha256(key.encode()).hexdigest()[:8]
     return base / f"{model}-{job.target.name}-{tgt}"

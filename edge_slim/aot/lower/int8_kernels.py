@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..targets import INT8_KERNELS
+from ...targets import INT8_KERNELS
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime import bundle as B
+from ...runtime import bundle as B
 
 PART_LIBS = {"image": "image.so", "text": "text.so", "texts": "texts.so"}
 TEXTS_BATCH = 8     # texts.so runs this many texts at once (the runtime pads the last group by repetition)
@@ -30,10 +30,10 @@ def _spec(name: str, a: np.ndarray) -> dict:
 
 def part_jobs(job) -> list | None:
     """The compiles of the two parts of a SlimPajama bundle's graph (None: an own model, or no cut)."""
-    from ..runtime.backends.numpy_backend import NumpyBackend
-    from ..runtime.onnx_proto import dtype_code, load_model, tensor_value_info, write_subgraph
-    from ..runtime.split import batch_consts, plan_split
-    from .lower import Job, own_model
+    from ...runtime.backends.numpy_backend import NumpyBackend
+    from ...runtime.onnx_proto import dtype_code, load_model, tensor_value_info, write_subgraph
+    from ...runtime.split import batch_consts, plan_split
+    from .pipeline import Job, own_model
     if own_model(job) or job.binds or job.dynamic:
         return None
     model = load_model(job.onnx_path)

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..scenes import generate as G
-from ..scenes import renderers as R
-from ..scenes.caption import caption, encode_caption
-from ..scenes.grammar import ANSWERS, COLORS, FAMILIES, SHAPES, SIZES
-from ..scenes.render import render
-from ..text.tokenizer import Tokenizer
-from ..vision.preprocess import IMAGE_SIZE, load_image
+from ...scenes import generate as G
+from ...scenes import renderers as R
+from ...scenes.caption import caption, encode_caption
+from ...scenes.grammar import ANSWERS, COLORS, FAMILIES, SHAPES, SIZES
+from ...scenes.render import render
+from ...text.tokenizer import Tokenizer
+from ...vision.preprocess import IMAGE_SIZE, load_image
 
 FAMILY_WEIGHTS = {"color": 1.0, "shape": 1.0, "size": 0.7, "count": 1.6, "exists": 1.0, "spatial": 1.6}
 NQ, NR, NC = 12, 3, 3  # questions, referring expressions, captions (true and false each) per scene
@@ -49,7 +49,7 @@ def cell_of(o: dict, grid: int = G.GRID) -> int:
 
 
 def make_tokenizer(max_len: int) -> Tokenizer:
-    from ..scenes.grammar import SYNONYMS, vocabulary
+    from ...scenes.grammar import SYNONYMS, vocabulary
     return Tokenizer(vocabulary(), max_len, SYNONYMS)
 
 

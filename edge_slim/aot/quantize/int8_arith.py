@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import BadInputError
-from ..runtime.backends.int8_avx2 import EXACT_WEIGHT_MAX, saturating_pairs_matmul  # noqa: F401 (re-export)
+from ...errors import BadInputError
+from ...runtime.backends.int8_avx2 import EXACT_WEIGHT_MAX, saturating_pairs_matmul  # noqa: F401 (re-export)
 
 if TYPE_CHECKING:
-    from .quantize import Form
+    from .slimpajama import Form
 
 # named as the NumPy backend's `arithmetic` that reproduces each
 EXACT, SATURATING = "exact", "ort-avx2"

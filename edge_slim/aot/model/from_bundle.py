@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import Config, SlimPajama
+from .slimpajama import Config, SlimPajama
 
 
 def _fingerprint_names(cfg: Config, decoding: str | None) -> list[dict[str, tuple[str, bool]]]:

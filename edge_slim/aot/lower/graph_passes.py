@@ -1,4 +1,4 @@
-"""Relax graph passes of the compile pipeline's `graph` phase (aot/lower.py), each one a rewrite with a reason:
+"""Relax graph passes of the compile pipeline's `graph` phase (aot/lower/pipeline.py), each one a rewrite with a reason:
 token gathers that cannot read out of bounds, GELU and sigmoid in forms FastMath vectorizes, softmax along the
 last axis and matmul widths in whole vectors (the shapes the CPU rules schedule), int8 weights kept int8 by
 fusing their widening into the consumer, and int8 conv weights folded to fp32 where the conv computes fp32.

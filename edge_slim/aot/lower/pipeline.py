@@ -37,9 +37,9 @@ from typing import Callable
 
 import numpy as np
 
-from .. import targets as T
-from ..errors import BadInputError, CompileError, EdgeSlimError, MissingDependencyError, ModelError
-from ..runtime import bundle as B
+from ... import targets as T
+from ...errors import BadInputError, CompileError, EdgeSlimError, MissingDependencyError, ModelError
+from ...runtime import bundle as B
 from .graph_passes import (bounded_gather_pass, conv_weights_fp32_pass, erf_gelu_pass, fuse_dequantize_pass,
                            pad_matmul_columns_pass, sigmoid_exp_pass, softmax_last_axis_pass)
 from .onnx_rewrites import ONNX_DTYPES, check_operators
@@ -335,7 +335,7 @@ def compile_model(source: str | os.PathLike | None, target: str, *, precision: s
                   progress: Callable[[dict], None] | None = None, split: bool = True) -> dict:
     """Compile `source` for `target`; returns the written bundle's manifest plus its path.
 
-    `split` (SlimPajama bundles) also compiles the graph's image and text parts (aot/lower_split.py), so that
+    `split` (SlimPajama bundles) also compiles the graph's image and text parts (aot/lower/split.py), so that
     a session encodes an image once for many texts.
 
     `input_shapes` fixes dynamic dimensions, `dynamic` keeps named ones symbolic ({dim: upper bound}),
@@ -359,7 +359,7 @@ def compile_model(source: str | os.PathLike | None, target: str, *, precision: s
         if describe is not None:
             run_phases(describe, progress, "describe:")
         if split:
-            from .lower_split import part_jobs
+            from .split import part_jobs
             parts = part_jobs(job) or []
             for p in parts:
                 run_phases(p, progress, f"{Path(p.lib_name).stem} part:")
@@ -484,7 +484,7 @@ def write_compiled_bundle(job: Job, total_s: float, describe: Job | None = None,
                                 "source_sha256": B.sha256_file(describe.onnx_path),
                                 "compile": {"flags": describe.flags, "phases": describe.phases}}
     if parts:
-        from .lower_split import manifest_entry
+        from .split import manifest_entry
         manifest["split"] = manifest_entry(parts)
     with B.staging_dir(job.out) as tmp:
         shutil.copy2(job.workdir / "model.so", tmp / "model.so")

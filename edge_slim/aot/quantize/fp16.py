@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import ModelError
-from ..runtime import bundle as B
+from ...errors import ModelError
+from ...runtime import bundle as B
 
 KEEP_FP32 = frozenset({"LayerNormalization", "Softmax", "ReduceSum", "ReduceMean", "ReduceL2", "ReduceMax",
                        "ReduceMin", "ReduceLogSumExp", "Clip", "Pow", "Sqrt", "Exp", "Log"})
@@ -128,7 +128,7 @@ def max_output_diff(a: Path, b: Path, feeds: list[dict]) -> float:
 def fp16_bundle(model=None, out=None, *, max_drop: float = 0.01, eval_samples: int = 500,
                 threads: int | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
     """Write a mixed fp16 bundle beside an fp32 one, after checking held-out accuracy; -> the report."""
-    from .quantize import (HEADLINE, BudgetError, _session, accuracy_drop, default_out, model_bytes, scene_feeds,
+    from .slimpajama import (HEADLINE, BudgetError, _session, accuracy_drop, default_out, model_bytes, scene_feeds,
                            task_scores)
     src_b = B.open_bundle(model)
     m = src_b.manifest
@@ -151,7 +151,7 @@ def fp16_bundle(model=None, out=None, *, max_drop: float = 0.01, eval_samples: i
                               "points; nothing written")
         fams = sorted(a["per_family"])
         report = {"form": "fp16-mixed", "method": "cast", "summary": "fp16 graph, fp32 I/O and fp32 " + ", ".join(sorted(KEEP_FP32 & {n.op_type for n in half.graph.node})),
-                  "kept_fp32": kept, "kept_fp32_why": "op types whose fp16 kernels lose accuracy (see edge_slim/aot/fp16.py)",
+                  "kept_fp32": kept, "kept_fp32_why": "op types whose fp16 kernels lose accuracy (see edge_slim/aot/quantize/fp16.py)",
                   "max_abs_output_diff": diff, "max_accuracy_drop": max_drop, "drop": round(drop, 4),
                   "eval": {"samples": eval_samples, "seed": a["seed"], "fp32": {k: a[k] for k in HEADLINE},
                            "fp16": {k: b[k] for k in HEADLINE},
