@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from edge_slim.errors import BadInputError, ModelError
-from edge_slim.runtime.backends.numpy_backend import OPS, NumpyBackend, erf
+from edge_slim.runtime.backends.numpy_backend import NumpyBackend
+from edge_slim.runtime.backends.numpy_ops import OPS, erf
 from edge_slim.runtime.onnx_proto import load_model, parse_model
 
 onnx = pytest.importorskip("onnx")

@@ -90,7 +90,7 @@ def _scalar_zp(zp, what: str) -> int:
 
 
 def matmul_integer(a, b, a_zp=None, b_zp=None):
-    from .numpy_backend import _matmul_integer
+    from .numpy_ops import _matmul_integer
     if not _u8s8(a, b):
         return _matmul_integer(a, b, a_zp, b_zp)
     if not _symmetric(b_zp) or b.ndim != 2:
@@ -100,13 +100,13 @@ def matmul_integer(a, b, a_zp=None, b_zp=None):
 
 
 def qlinear_matmul(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp=None):
-    from .numpy_backend import _requantize_product
+    from .numpy_ops import _requantize_product
     return _requantize_product(matmul_integer(a, b, a_zp, b_zp), a_scale, b_scale, y_scale, y_zp, a)
 
 
 def qlinear_conv(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp=None, b=None, *, auto_pad="NOTSET",
                  dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
-    from . import numpy_backend as NB
+    from . import numpy_ops as NB
     if not _u8s8(x, w):
         return NB._qlinear_conv(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b, auto_pad=auto_pad,
                                 dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
