@@ -138,6 +138,7 @@ def test_silero_vad_if_needs_bind_then_streams_as_ort_does(tmp_path):
     assert p.returncode == 0, p.stderr
     b = B.open_bundle(tmp_path / "c")
     assert b.manifest["compile"]["flags"]["onnx_rewrites"] == {"lstm_unrolled": 1}
+    assert b.manifest["compile"]["flags"]["padded_to_whole_vectors"] == {"convs": 1}     # the STFT's 258 filters
     stream(TvmBackend(b, threads=1), src, {"sr": np.array(16000, np.int64)})
 
 

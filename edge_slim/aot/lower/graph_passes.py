@@ -111,14 +111,14 @@ def softmax_last_axis_pass():
     return call_rewrite_pass("SoftmaxLastAxis", move_last)
 
 
-def pad_matmul_columns_pass(lanes: int = 8, multiple: int = 16):
+def pad_matmul_columns_pass(lanes: int = 8, multiple: int = 16, stats: dict | None = None):
     """matmul(x, W: float32 constant [K, N]) with N not a multiple of `lanes` -> matmul with W zero-padded to
     a multiple of `multiple`, then the first N columns (a slice fused into what follows); likewise a conv1d /
     conv2d (groups 1) whose float32 constant weight has O output channels, not a multiple of `lanes`: O
     padded with zero filters, the output's channels sliced back. The CPU rules' register tile needs the
     vector axis in whole vectors; without them the OCR recognizer's 6,625-class matmul ran unscheduled (24 ms
     of the model's 47), and silero-vad's STFT conv1d (258 channels) 170 us of its 182. Costs the padding's
-    bytes (at most multiple - 1 columns or filters)."""
+    bytes (at most multiple - 1 columns or filters). `stats` counts what was padded ({"matmuls": n, "convs": n})."""
     import tvm
     from tvm import relax
     matmul = tvm.ir.Op.get("relax.matmul")
@@ -126,6 +126,10 @@ def pad_matmul_columns_pass(lanes: int = 8, multiple: int = 16):
 
     def padded(n: int) -> int:
         return -(-n // multiple) * multiple
+
+    def count(kind: str) -> None:
+        if stats is not None:
+            stats[kind] = stats.get(kind, 0) + 1
 
     def pad(call, bound):
         is_conv = any(call.op.same_as(c) for c in convs)
@@ -146,6 +150,7 @@ def pad_matmul_columns_pass(lanes: int = 8, multiple: int = 16):
             wp[:n] = wv
             layout = str(a.out_layout or a.data_layout)
             y = relax.Call(call.op, [call.args[0], relax.const(wp)], a)
+            count("convs")
             return relax.op.strided_slice(y, axes=[layout.index("C")], begin=[0], end=[n])
         if wv.ndim != 2:
             return call
@@ -155,6 +160,7 @@ def pad_matmul_columns_pass(lanes: int = 8, multiple: int = 16):
         wp = np.zeros((k, padded(n)), np.float32)
         wp[:, :n] = wv
         y = relax.op.matmul(call.args[0], relax.const(wp), out_dtype=call.attrs.out_dtype)
+        count("matmuls")
         return relax.op.strided_slice(y, axes=[call.args[0].ty.ndim - 1], begin=[0], end=[n])   # y's last axis
     return call_rewrite_pass("PadMatmulColumns", pad)
 

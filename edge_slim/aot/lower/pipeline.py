@@ -224,8 +224,9 @@ def phase_graph(job: Job):
     from tvm import relax
     job.tvm_target = tvm.target.Target(job.target.tvm_target(cuda_arch=job.cuda_arch))
     passes = [relax.transform.DecomposeOpsForInference(), bounded_gather_pass(), softmax_last_axis_pass()]
+    padded: dict = {}
     if job.target.kind == "cpu" and job.recipe.schedule == "cpu-rules":
-        passes.append(pad_matmul_columns_pass())
+        passes.append(pad_matmul_columns_pass(stats=padded))
     if job.recipe.fast_math:
         passes += [erf_gelu_pass(), sigmoid_exp_pass(), relax.transform.FastMathTransform()]
     if job.precision == "fp16":
@@ -251,6 +252,8 @@ def phase_graph(job: Job):
         job.flags["int8_convs_integer"] = int8_stats["convs"]
         from .int8_kernels import strip_layout_free
         job.mod = strip_layout_free(job.mod)
+    if padded:
+        job.flags["padded_to_whole_vectors"] = padded
     return job.mod
 
 
