@@ -261,16 +261,17 @@ def lstm_graph(tmp_path, steps: int, with_state: bool, with_bias: bool, outputs=
     rng = np.random.default_rng(steps * 4 + with_state * 2 + with_bias)
     v = helper.make_tensor_value_info
     inp, hid, batch = 5, 6, 2
-    inits = [numpy_helper.from_array((rng.standard_normal((1, 4 * hid, inp)) * 0.5).astype(np.float32), "W"),
-             numpy_helper.from_array((rng.standard_normal((1, 4 * hid, hid)) * 0.5).astype(np.float32), "R")]
+    nd = 2 if attrs.get("direction") == "bidirectional" else 1
+    inits = [numpy_helper.from_array((rng.standard_normal((nd, 4 * hid, inp)) * 0.5).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((nd, 4 * hid, hid)) * 0.5).astype(np.float32), "R")]
     if with_bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal((1, 8 * hid)).astype(np.float32), "B"))
+        inits.append(numpy_helper.from_array(rng.standard_normal((nd, 8 * hid)).astype(np.float32), "B"))
     ins = ["x", "W", "R", "B" if with_bias else "", "", "h0" if with_state else "", "c0" if with_state else ""]
     graph_in = [v("x", TensorProto.FLOAT, [steps, batch, inp])]
     if with_state:
-        graph_in += [v("h0", TensorProto.FLOAT, [1, batch, hid]), v("c0", TensorProto.FLOAT, [1, batch, hid])]
+        graph_in += [v("h0", TensorProto.FLOAT, [nd, batch, hid]), v("c0", TensorProto.FLOAT, [nd, batch, hid])]
     outs = [o if o in outputs else "" for o in ("Y", "Y_h", "Y_c")]
-    shapes = {"Y": [steps, 1, batch, hid], "Y_h": [1, batch, hid], "Y_c": [1, batch, hid]}
+    shapes = {"Y": [steps, nd, batch, hid], "Y_h": [nd, batch, hid], "Y_c": [nd, batch, hid]}
     node = helper.make_node("LSTM", ins, outs, hidden_size=hid, **attrs)
     # a consumer of Y, so that the outputs are not all graph outputs of the LSTM itself
     extra = [helper.make_node("Relu", ["Y"], ["Yr"])] if "Y" in outputs else []
@@ -279,20 +280,27 @@ def lstm_graph(tmp_path, steps: int, with_state: bool, with_bias: bool, outputs=
                  inits, opset=opset), graph_in
 
 
-@pytest.mark.parametrize("steps,with_state,with_bias,opset", [(1, True, True, 17), (3, False, True, 17),
-                                                              (4, True, False, 11), (2, False, False, 13)])
-def test_lstm_unrolled_computes_what_ort_computes(tmp_path, steps, with_state, with_bias, opset):
+def random_feeds(graph_in, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in graph_in}
+
+
+@pytest.mark.parametrize("steps,with_state,with_bias,opset,direction", [
+    (1, True, True, 17, "forward"), (3, False, True, 17, "forward"), (4, True, False, 11, "forward"),
+    (2, False, False, 13, "forward"), (3, True, True, 17, "reverse"), (3, True, True, 17, "bidirectional"),
+    (2, False, True, 11, "bidirectional")])
+def test_lstm_unrolled_computes_what_ort_computes(tmp_path, steps, with_state, with_bias, opset, direction):
     """The rewrite on ONNX graphs, run by ONNX Runtime before and after: Y, Y_h and Y_c agree, with and
-    without initial state and bias, one step and several, opsets with Squeeze axes as attribute or input."""
+    without initial state and bias, one step and several, each direction, opsets with Squeeze/Unsqueeze
+    axes as attribute or input."""
     from edge_slim.aot.lower.onnx_rewrites import apply_rewrites
-    src, graph_in = lstm_graph(tmp_path, steps, with_state, with_bias, opset=opset)
+    src, graph_in = lstm_graph(tmp_path, steps, with_state, with_bias, opset=opset, direction=direction)
     m = onnx.load(str(src))
     assert apply_rewrites(m) == {"lstm_unrolled": 1}
     assert not any(n.op_type == "LSTM" for n in m.graph.node)
     onnx.checker.check_model(m)
-    rng = np.random.default_rng(9)
-    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-             for i in graph_in}
+    feeds = random_feeds(graph_in, 9)
     ref = ort_outputs(src, feeds)
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     got = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
@@ -301,19 +309,17 @@ def test_lstm_unrolled_computes_what_ort_computes(tmp_path, steps, with_state, w
 
 
 def test_lstm_forms_not_covered_stay_and_are_named(tmp_path):
-    """A bidirectional LSTM is not unrolled: the compile error still names it; a forward one compiles and
-    matches ONNX Runtime."""
+    """An LSTM with a cell clip is not unrolled: the compile error still names it; a bidirectional one
+    compiles and matches ONNX Runtime."""
     from edge_slim.aot.lower.pipeline import compile_model
     from edge_slim.runtime.backends.tvm_backend import TvmBackend
-    src, _ = lstm_graph(tmp_path, 2, False, True, outputs=("Y_h",), direction="bidirectional")
+    src, _ = lstm_graph(tmp_path, 2, False, True, outputs=("Y_h",), clip=3.0)
     with pytest.raises(ModelError, match=r"LSTM \(1 node\)"):
-        compile_model(src, "x86-64", out=tmp_path / "bi")
-    src, graph_in = lstm_graph(tmp_path, 3, True, True)
-    compile_model(src, "x86-64", out=tmp_path / "fw", split=False)
-    rng = np.random.default_rng(1)
-    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-             for i in graph_in}
-    assert_matches(TvmBackend(B.open_bundle(tmp_path / "fw"), threads=1).run(feeds), ort_outputs(src, feeds), "lstm")
+        compile_model(src, "x86-64", out=tmp_path / "clip")
+    src, graph_in = lstm_graph(tmp_path, 3, True, True, direction="bidirectional")
+    compile_model(src, "x86-64", out=tmp_path / "bi", split=False)
+    feeds = random_feeds(graph_in, 1)
+    assert_matches(TvmBackend(B.open_bundle(tmp_path / "bi"), threads=1).run(feeds), ort_outputs(src, feeds), "lstm")
 
 
 def test_dynamic_batch_one_artifact_bound_checked(tmp_path):

@@ -397,14 +397,14 @@ def onehot_as_compare(m) -> int:
 
 
 def lstm_unrolled(m) -> int:
-    """LSTM -> its steps written out: per time step one MatMul each for the input and the hidden state,
-    the four gates (ONNX order i, o, f, c) as Slices, Sigmoid/Tanh, and the cell update.
+    """LSTM -> its steps written out: per time step and direction one MatMul each for the input and the
+    hidden state, the four gates (ONNX order i, o, f, c) as Slices, Sigmoid/Tanh, and the cell update.
 
     TVM's importer has no LSTM. Exported streaming models (voice activity, keyword spotting) run it over
     a handful of steps per call, with the sequence length fixed once the input shapes are bound, so the
-    unrolled form is small and exact. Rewritten: forward direction, layout 0, the default activations,
-    no peepholes, clip, input_forget or sequence_lens, constant W/R/B and a static input shape; any other
-    LSTM stays and is named by check_operators."""
+    unrolled form is small and exact. Rewritten: forward, reverse and bidirectional, layout 0, the default
+    activations, no peepholes, clip, input_forget or sequence_lens, constant W/R/B and a static input
+    shape; any other LSTM stays and is named by check_operators."""
     from onnx import helper, numpy_helper
     if not any(n.op_type == "LSTM" for n in m.graph.node):
         return 0
@@ -412,6 +412,7 @@ def lstm_unrolled(m) -> int:
     shapes = _static_shapes(m)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
     nodes, inits, done = [], [], 0
+    directions = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
 
     def const(name, value):
         inits.append(numpy_helper.from_array(np.asarray(value), name))
@@ -421,61 +422,81 @@ def lstm_unrolled(m) -> int:
         if opset >= 13:
             return helper.make_node(op, [x, const(out + "_axes", np.array(axes, np.int64))], [out])
         return helper.make_node(op, [x], [out], axes=axes)
+
+    def unroll(p, x, d, reverse, steps, batch, hid, w, r, b, init):
+        """One direction: -> (h after each step, indexed by time step; the last h; the last c)."""
+        wt, rt = const(p + "_WT", w[d].T.copy()), const(p + "_RT", r[d].T.copy())       # [I, 4H], [H, 4H]
+        bias = const(p + "_B", (b[d, :4 * hid] + b[d, 4 * hid:]).astype(w.dtype))
+        state = {}
+        for k, name in zip("hc", init):
+            if name:     # [directions, batch, H] -> this direction's [batch, H]
+                nodes.append(helper.make_node("Gather", [name, const(f"{p}_{k}d", np.array(d, np.int64))],
+                                              [f"{p}_{k}0"], axis=0))
+                state[k] = f"{p}_{k}0"
+            else:
+                state[k] = const(f"{p}_{k}0", np.zeros((batch, hid), w.dtype))
+        gate = {g: (const(f"{p}_{g}_lo", np.array([j * hid], np.int64)),
+                    const(f"{p}_{g}_hi", np.array([(j + 1) * hid], np.int64))) for j, g in enumerate("iofc")}
+        one = const(p + "_axis1", np.array([1], np.int64))
+        hs = {}
+        for t in (reversed(range(steps)) if reverse else range(steps)):
+            q = f"{p}{t}"
+            nodes.extend([helper.make_node("Gather", [x, const(q + "_t", np.array(t, np.int64))], [q + "_x"], axis=0),
+                          helper.make_node("MatMul", [q + "_x", wt], [q + "_xw"]),
+                          helper.make_node("MatMul", [state["h"], rt], [q + "_hr"]),
+                          helper.make_node("Add", [q + "_xw", q + "_hr"], [q + "_s"]),
+                          helper.make_node("Add", [q + "_s", bias], [q + "_g"])])
+            for g, (lo, hi) in gate.items():
+                nodes.extend([helper.make_node("Slice", [q + "_g", lo, hi, one], [f"{q}_{g}s"]),
+                              helper.make_node("Tanh" if g == "c" else "Sigmoid", [f"{q}_{g}s"], [f"{q}_{g}"])])
+            nodes.extend([helper.make_node("Mul", [q + "_f", state["c"]], [q + "_fc"]),
+                          helper.make_node("Mul", [q + "_i", q + "_c"], [q + "_ic"]),
+                          helper.make_node("Add", [q + "_fc", q + "_ic"], [q + "_cell"]),
+                          helper.make_node("Tanh", [q + "_cell"], [q + "_tc"]),
+                          helper.make_node("Mul", [q + "_o", q + "_tc"], [q + "_h"])])
+            state = {"h": q + "_h", "c": q + "_cell"}
+            hs[t] = q + "_h"
+        return hs, state["h"], state["c"]
+
     for n in m.graph.node:
         a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
         ins = list(n.input) + [""] * (8 - len(n.input))
         acts = [v.decode() if isinstance(v, bytes) else v for v in a.get("activations", [])]
-        ok = (n.op_type == "LSTM" and (n.domain or "ai.onnx") == "ai.onnx"
-              and a.get("direction", b"forward") in (b"forward", "forward") and not a.get("layout", 0)
-              and acts in ([], ["Sigmoid", "Tanh", "Tanh"]) and "clip" not in a and not a.get("input_forget", 0)
-              and not ins[4] and not ins[7] and ins[1] in consts and ins[2] in consts
-              and (not ins[3] or ins[3] in consts) and len(shapes.get(ins[0], [])) == 3)
+        direction = a.get("direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        dirs = directions.get(direction)
+        ok = (n.op_type == "LSTM" and (n.domain or "ai.onnx") == "ai.onnx" and dirs is not None
+              and not a.get("layout", 0) and acts in ([], ["Sigmoid", "Tanh", "Tanh"] * len(dirs))
+              and "clip" not in a and not a.get("input_forget", 0) and not ins[4] and not ins[7]
+              and ins[1] in consts and ins[2] in consts and (not ins[3] or ins[3] in consts)
+              and len(shapes.get(ins[0], [])) == 3)
         if not ok:
             nodes.append(n)
             continue
         hid = int(a["hidden_size"])
         steps, batch, _ = shapes[ins[0]]
+        w, r = consts[ins[1]], consts[ins[2]]
+        b = consts[ins[3]] if ins[3] else np.zeros((len(dirs), 8 * hid), w.dtype)
         p = f"{n.name or n.output[0]}_lstm"
-        wt = const(p + "_WT", consts[ins[1]][0].T.copy())             # [I, 4H]
-        rt = const(p + "_RT", consts[ins[2]][0].T.copy())             # [H, 4H]
-        b = consts[ins[3]][0] if ins[3] else np.zeros(8 * hid, consts[ins[1]].dtype)
-        bias = const(p + "_B", (b[:4 * hid] + b[4 * hid:]).astype(consts[ins[1]].dtype))
-        state = {}
-        for k, init in (("h", ins[5]), ("c", ins[6])):
-            if init:
-                nodes.append(axes_node("Squeeze", init, [0], f"{p}_{k}0"))
-                state[k] = f"{p}_{k}0"
-            else:
-                state[k] = const(f"{p}_{k}0", np.zeros((batch, hid), consts[ins[1]].dtype))
-        gate = {g: (const(f"{p}_{g}_lo", np.array([j * hid], np.int64)), const(f"{p}_{g}_hi", np.array([(j + 1) * hid], np.int64)))
-                for j, g in enumerate("iofc")}
-        one = const(p + "_axis1", np.array([1], np.int64))
-        ys = []
-        for t in range(steps):
-            q = f"{p}{t}"
-            nodes += [helper.make_node("Gather", [ins[0], const(q + "_t", np.array(t, np.int64))], [q + "_x"], axis=0),
-                      helper.make_node("MatMul", [q + "_x", wt], [q + "_xw"]),
-                      helper.make_node("MatMul", [state["h"], rt], [q + "_hr"]),
-                      helper.make_node("Add", [q + "_xw", q + "_hr"], [q + "_s"]),
-                      helper.make_node("Add", [q + "_s", bias], [q + "_g"])]
-            for g, (lo, hi) in gate.items():
-                nodes += [helper.make_node("Slice", [q + "_g", lo, hi, one], [f"{q}_{g}s"]),
-                          helper.make_node("Tanh" if g == "c" else "Sigmoid", [f"{q}_{g}s"], [f"{q}_{g}"])]
-            nodes += [helper.make_node("Mul", [q + "_f", state["c"]], [q + "_fc"]),
-                      helper.make_node("Mul", [q + "_i", q + "_c"], [q + "_ic"]),
-                      helper.make_node("Add", [q + "_fc", q + "_ic"], [q + "_cell"]),
-                      helper.make_node("Tanh", [q + "_cell"], [q + "_tc"]),
-                      helper.make_node("Mul", [q + "_o", q + "_tc"], [q + "_h"])]
-            state = {"h": q + "_h", "c": q + "_cell"}
-            if n.output[0]:
-                nodes.append(axes_node("Unsqueeze", q + "_h", [0, 1], q + "_y"))
-                ys.append(q + "_y")
+        runs = [unroll(f"{p}{'fb'[rev] if len(dirs) > 1 else ''}", ins[0], d, rev, steps, batch, hid, w, r, b,
+                       (ins[5], ins[6])) for d, rev in enumerate(dirs)]
         outs = list(n.output) + [""] * (3 - len(n.output))
-        if outs[0]:
-            nodes.append(helper.make_node("Concat", ys, [outs[0]], axis=0))     # [steps, 1, batch, H]
-        for k, out in (("h", outs[1]), ("c", outs[2])):
+        if outs[0]:      # Y: [steps, directions, batch, H]
+            ys = []
+            for t in range(steps):
+                parts = []
+                for k, (hs, _, _) in enumerate(runs):
+                    nodes.append(axes_node("Unsqueeze", hs[t], [0, 1], f"{p}_y{t}_{k}"))
+                    parts.append(f"{p}_y{t}_{k}")
+                if len(parts) > 1:
+                    nodes.append(helper.make_node("Concat", parts, [f"{p}_y{t}"], axis=1))
+                ys.append(parts[0] if len(parts) == 1 else f"{p}_y{t}")
+            nodes.append(helper.make_node("Concat", ys, [outs[0]], axis=0))
+        for j, out in ((1, outs[1]), (2, outs[2])):      # Y_h, Y_c: [directions, batch, H]
             if out:
-                nodes.append(axes_node("Unsqueeze", state[k], [0], out))        # [1, batch, H]
+                last = [axes_node("Unsqueeze", run[j], [0], f"{out}_{k}") for k, run in enumerate(runs)]
+                nodes.extend(last)
+                nodes.append(helper.make_node("Concat", [x.output[0] for x in last], [out], axis=0))
         done += 1
     del m.graph.node[:]
     m.graph.node.extend(nodes)
