@@ -143,25 +143,23 @@ def pad_matmul_columns_pass(lanes: int = 8, multiple: int = 16, stats: dict | No
             a = call.attrs
             if int(a.groups) != 1 or str(a.kernel_layout)[0] != "O":
                 return call
-            n = wv.shape[0]
-            if n % lanes == 0 or n < multiple:
-                return call
-            wp = np.zeros((padded(n), *wv.shape[1:]), np.float32)
-            wp[:n] = wv
-            layout = str(a.out_layout or a.data_layout)
-            y = relax.Call(call.op, [call.args[0], relax.const(wp)], a)
-            count("convs")
-            return relax.op.strided_slice(y, axes=[layout.index("C")], begin=[0], end=[n])
-        if wv.ndim != 2:
+            axis, out_axis = 0, str(a.out_layout or a.data_layout).index("C")   # O of OI[W|HW]; C of the output
+        elif wv.ndim == 2:
+            axis, out_axis = 1, call.args[0].ty.ndim - 1                          # N of [K, N]; y's last axis
+        else:
             return call
-        k, n = wv.shape
+        n = wv.shape[axis]
         if n % lanes == 0 or n < multiple:
             return call
-        wp = np.zeros((k, padded(n)), np.float32)
-        wp[:, :n] = wv
-        y = relax.op.matmul(call.args[0], relax.const(wp), out_dtype=call.attrs.out_dtype)
-        count("matmuls")
-        return relax.op.strided_slice(y, axes=[call.args[0].ty.ndim - 1], begin=[0], end=[n])   # y's last axis
+        widths = [(0, 0)] * wv.ndim
+        widths[axis] = (0, padded(n) - n)
+        wp = relax.const(np.pad(wv, widths))
+        if is_conv:
+            y = relax.Call(call.op, [call.args[0], wp], call.attrs)
+        else:
+            y = relax.op.matmul(call.args[0], wp, out_dtype=call.attrs.out_dtype)
+        count("convs" if is_conv else "matmuls")
+        return relax.op.strided_slice(y, axes=[out_axis], begin=[0], end=[n])
     return call_rewrite_pass("PadMatmulColumns", pad)
 
 
