@@ -79,6 +79,64 @@ std::set<std::string> host_cpu_flags() {
   return out;
 }
 
+// A variant set (format "variants", `edge-slim compile -t x86-64-multi`): the sub-directory of the variant to
+// open, as edge_slim/runtime/bundle.py picks it -- EDGE_SLIM_VARIANT by target name, else the first (they are
+// listed best first) whose cpu_flags this host has, else the last (the baseline, whose own check then names
+// what is missing) -- after checking that variant's manifest against the set's checksum.
+std::string variant_dir(const Manifest& b, bool verify) {
+  const Json* schema = b.json.get("schema");
+  const Json* list = b.json.get("variants");
+  auto bad = [&]() {
+    return Failure(ES_ERR_BUNDLE, b.dir + "/manifest.json: a variant set needs schema 1 and a list of variants "
+                                  "(dir, target, cpu_flags); the artifact is damaged or from another tool");
+  };
+  if (!schema || !schema->is_number() || schema->num != 1 || !list || !list->is_array() || list->items.empty())
+    throw bad();
+  for (const auto& v : list->items) {
+    const Json* d = v.get("dir");
+    const Json* t = v.get("target");
+    if (!d || !d->is_string() || !t || !t->is_string() || d->str.empty() || d->str == "." || d->str == ".." ||
+        d->str.find('/') != std::string::npos)
+      throw bad();
+  }
+  const char* want = std::getenv("EDGE_SLIM_VARIANT");
+  const Json* pick = nullptr;
+  if (want && *want) {
+    std::string names;
+    for (const auto& v : list->items) {
+      if (v.get("target")->str == want) pick = &v;
+      names += (names.empty() ? "" : ", ") + v.get("target")->str;
+    }
+    if (!pick)
+      throw Failure(ES_ERR_BUNDLE, std::string("EDGE_SLIM_VARIANT=") + want + " names no variant of this artifact; "
+                                   "it holds: " + names);
+  } else {
+    std::set<std::string> have = host_cpu_flags();
+    for (const auto& v : list->items) {
+      const Json* flags = v.get("cpu_flags");
+      bool ok = !have.empty();
+      if (ok && flags && flags->is_array())
+        for (const auto& f : flags->items) ok = ok && f.is_string() && have.count(f.str);
+      if (ok) { pick = &v; break; }
+    }
+    if (!pick) pick = &list->items.back();
+  }
+  std::string dir = pick->get("dir")->str, name = dir + "/manifest.json";
+  if (verify) {
+    const Json* files = b.json.get("files");
+    const Json* entry = files && files->is_object() ? files->get(name) : nullptr;
+    const Json* want_sha = entry ? entry->get("sha256") : nullptr;
+    std::string hex, err;
+    uint64_t bytes = 0;
+    if (!want_sha || !want_sha->is_string())
+      throw Failure(ES_ERR_TAMPERED, b.dir + ": " + name + " has no checksum in the manifest");
+    if (!sha256_file(b.dir + "/" + name, &hex, &bytes, &err) || hex != want_sha->str)
+      throw Failure(ES_ERR_TAMPERED, b.dir + ": checksum mismatch for " + name + "; the file was modified or "
+                                     "damaged - restore or re-compile the artifact");
+  }
+  return dir;
+}
+
 }  // namespace
 
 int elf_machine(const std::string& path) {
@@ -101,6 +159,8 @@ Manifest open_manifest(const std::string& dir, bool verify) {
   if (!parse_json(text, &b.json, &err))
     throw Failure(ES_ERR_BUNDLE, mf + " is not valid JSON (" + err + "); the bundle is damaged, export or compile it again");
   if (!b.json.is_object()) throw Failure(ES_ERR_BUNDLE, mf + " is not a manifest object");
+  if (const Json* f = b.json.get("format"); f && f->is_string() && f->str == "variants")
+    return open_manifest(b.dir + "/" + variant_dir(b, verify), verify);
   std::string missing;
   for (const char* k : REQUIRED)
     if (!b.json.get(k)) missing += std::string(missing.empty() ? "" : ", ") + k;

@@ -9,6 +9,7 @@ A new device is a new file in targets/; see docs/targets.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import platform
@@ -34,6 +35,11 @@ TARGET_KEYS: dict[str, tuple[type | tuple, bool]] = {
     "vector_bits": (int, False), "vector_registers": (int, False), "cpu_flags": (list, False),
     "cuda_arch": (str, False), "nvcc_package": (str, False),
     "tvm": (dict, True), "tvm_host": (dict, False), "int8_kernel": (str, False),
+}
+# a variant set (targets/x86-64-multi.toml): several targets' artifacts in one, the runtime loads the best the
+# host CPU can run; [variants] maps a precision to target names, best first, ending with the baseline
+VARIANT_SET_KEYS: dict[str, tuple[type | tuple, bool]] = {
+    "name": (str, True), "aliases": (list, False), "description": (str, True), "variants": (dict, True),
 }
 RECIPE_KEYS: dict[str, tuple[type | tuple, bool]] = {
     "name": (str, True), "description": (str, True), "precision": (str, True),
@@ -89,7 +95,17 @@ class Target:
     nvcc_package: str | None = None
     tvm_host: dict | None = None
     int8_kernel: str | None = None      # aot/lower/int8_kernels.py: the integer matmul kernel of int8 artifacts
+    variants: dict | None = None        # a variant set: precision -> target names, best first (the rest is the
+    #                                     baseline's, the last name: what building for it and running it needs)
     path: Path | None = field(default=None, compare=False)
+
+    def variant_names(self, precision: str) -> list[str]:
+        """The targets a variant-set artifact of `precision` holds, best first (baseline last)."""
+        names = (self.variants or {}).get(precision)
+        if not names:
+            raise BadInputError(f"target {self.name} has no variants for {precision} (it has: "
+                                f"{', '.join(self.variants or {}) or 'none'})")
+        return list(names)
 
     @property
     def elf_machine(self) -> tuple[int, str]:
@@ -106,6 +122,8 @@ class Target:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in TARGET_KEYS if getattr(self, k, None) is not None}
         d["aliases"], d["cpu_flags"] = list(self.aliases), list(self.cpu_flags)
+        if self.variants:
+            d["variants"] = {k: list(v) for k, v in self.variants.items()}
         return d
 
 
@@ -158,8 +176,8 @@ def load_recipe_file(path: Path) -> Recipe:
     return Recipe(**d, path=path)
 
 
-def load_target_file(path: Path) -> Target:
-    d = _load_toml(path)
+def load_target_file(path: Path, d: dict | None = None) -> Target:
+    d = _load_toml(path) if d is None else d
     _check_keys(d, TARGET_KEYS, path)
     _check_choices(d, {"kind": KINDS, "host_triple": ELF_MACHINES}, path)
     for table in ("tvm", "tvm_host"):
@@ -184,18 +202,52 @@ def load_target_file(path: Path) -> Target:
     return Target(**d, path=path)
 
 
+def load_variant_set(path: Path, d: dict, targets: dict[str, Target]) -> Target:
+    """A variant set: its baseline's profile (the last name of each list, the same for every precision) under
+    the set's name, with `variants`; every name must be a real (non-set) target of the same host."""
+    _check_keys(d, VARIANT_SET_KEYS, path)
+    v = d["variants"]
+    bad = sorted(set(v) - set(PRECISIONS))
+    if bad or not v or not all(isinstance(n, list) and n and all(isinstance(x, str) for x in n) for n in v.values()):
+        raise ModelError(f"{path}: [variants] maps precisions ({', '.join(PRECISIONS)}) to non-empty lists of "
+                         "target names" + (f"; unknown: {', '.join(bad)}" if bad else ""))
+    for n in {x for names in v.values() for x in names}:
+        if n not in targets:
+            raise ModelError(f"{path}: variant {n!r} is not a target profile (variant sets cannot nest)")
+    base = {names[-1] for names in v.values()}
+    if len(base) != 1:
+        raise ModelError(f"{path}: every [variants] list must end with the same baseline target, not {sorted(base)}")
+    b = targets[base.pop()]
+    if {targets[x].host_triple for names in v.values() for x in names} != {b.host_triple} or b.kind != "cpu":
+        raise ModelError(f"{path}: variants must be CPU targets of one host triple")
+    if path.stem != d["name"]:
+        raise ModelError(f"{path}: the file must be named after the target ({d['name']}.toml)")
+    return dataclasses.replace(b, name=d["name"], aliases=tuple(d.get("aliases", ())), description=d["description"],
+                               variants={k: tuple(x) for k, x in v.items()}, path=path)
+
+
 def load_targets(directory: Path | None = None) -> dict[str, Target]:
-    """Every target profile by name; names and aliases must be unique."""
+    """Every target profile by name (variant sets after the targets they name); names and aliases must be
+    unique."""
     directory = directory or data_dir("targets")
     out: dict[str, Target] = {}
-    seen: dict[str, str] = {}
+    sets = []
     for f in sorted(directory.glob("*.toml")):
-        t = load_target_file(f)
+        d = _load_toml(f)
+        if "variants" in d:
+            sets.append((f, d))
+        else:
+            t = load_target_file(f, d)
+            out[t.name] = t
+    for f, d in sets:
+        t = load_variant_set(f, d, out)
+        out[t.name] = t
+    seen: dict[str, str] = {}
+    for t in out.values():
         for key in (t.name, *t.aliases):
             if key in seen:
-                raise ModelError(f"{f}: {key!r} is already used by target {seen[key]!r}")
+                raise ModelError(f"{t.path}: {key!r} is already used by target {seen[key]!r}")
             seen[key] = t.name
-        out[t.name] = t
     if not out:
         raise ModelError(f"no target profiles found in {directory}")
     return out

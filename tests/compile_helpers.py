@@ -171,3 +171,20 @@ def run_in_arm_guest(script: Path, *args: str, timeout: int = 600):
                "EDGE_SLIM_TVM_RUNTIME": env["EDGE_SLIM_TVM_RUNTIME"], "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([*env["PYTHON"].split(), str(script), *args], capture_output=True, text=True,
                           env=run_env, timeout=timeout)
+
+
+def assemble_variant_set(folder: Path, parts: list[tuple[str, Path, list[str]]]) -> Path:
+    """A variant set made of already compiled bundles: (target name, bundle, cpu_flags its manifest gets)."""
+    import json
+
+    from edge_slim.aot.lower.variants import write_variant_set
+    folder.mkdir()
+    for name, src, flags in parts:
+        shutil.copytree(src, folder / name)
+        m = json.loads((folder / name / B.MANIFEST).read_text())
+        m["target"] = {**m["target"], "name": name, "cpu_flags": flags}
+        (folder / name / B.MANIFEST).write_text(json.dumps(m))
+    first = json.loads((folder / parts[-1][0] / B.MANIFEST).read_text())
+    write_variant_set(folder, first["name"], first["precision"], {"name": "test-set", "kind": "cpu"},
+                      [{"dir": n, "target": n, "cpu_flags": f} for n, _, f in parts])
+    return folder

@@ -21,7 +21,7 @@ from PIL import Image
 
 pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed (needed to compile the bundle)")
 
-from compile_helpers import compiled, has_cc  # noqa: E402
+from compile_helpers import assemble_variant_set, compiled, has_cc  # noqa: E402
 
 import edge_slim  # noqa: E402
 import edge_slim.runtime.session  # noqa: E402
@@ -246,6 +246,38 @@ def test_tampered_and_wrong_target_bundles_are_refused(x86, tmp_path):
     (foreign / "manifest.json").write_text(json.dumps(m))
     err = refuse(foreign)
     assert "needs CPU features no_such_cpu_feature" in err and "(wrong target)" in err, err
+
+
+@needs_cmake
+def test_a_variant_set_opens_the_variant_this_cpu_runs(x86, tmp_path):
+    """es_open on a variant set (edge-slim compile -t x86-64-multi) picks as the Python runtime does: a variant
+    needing a flag no CPU has is skipped, EDGE_SLIM_VARIANT forces one, a tampered variant manifest is refused."""
+    exe = x86 / "bin" / "robot_loop"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    render(G.sample(SEED, 0)["scene"], 96).save(frames / "f.png")
+    base = compiled("x86-64")
+    art = assemble_variant_set(tmp_path / "set", [("x86-64-future", base, ["no_such_cpu_feature"]),
+                                                  ("x86-64", base, ["avx2"])])
+
+    def run(bundle=art, **env):
+        return subprocess.run([str(exe), str(bundle), str(frames)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env})
+
+    def answers(r):
+        return [line.split(" -> ", 1)[1].split()[:2] for line in r.stdout.splitlines() if " -> " in line]  # no ms
+
+    got, want = run(), run(base)
+    assert got.returncode == 0 and answers(got) and answers(got) == answers(want), got.stderr
+    forced = run(EDGE_SLIM_VARIANT="x86-64-future")
+    assert forced.returncode == 4 and "needs CPU features no_such_cpu_feature" in forced.stderr, forced.stderr
+    unknown = run(EDGE_SLIM_VARIANT="rpi5")
+    assert unknown.returncode == 4 and "EDGE_SLIM_VARIANT=rpi5 names no variant" in unknown.stderr, unknown.stderr
+    m = json.loads((art / "x86-64" / "manifest.json").read_text())
+    m["target"]["cpu_flags"] = []
+    (art / "x86-64" / "manifest.json").write_text(json.dumps(m))
+    bad = run()
+    assert bad.returncode == 4 and "checksum mismatch for x86-64/manifest.json" in bad.stderr, bad.stderr
 
 
 def test_aarch64_build_refuses_an_x86_bundle_under_qemu(arm, tmp_path):

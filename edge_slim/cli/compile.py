@@ -72,8 +72,10 @@ def compile_cmd(model, target, precision, out, tune_trials, input_shapes, dynami
         if _open_line[0]:  # an error ends the phase's line, so that it is a line of its own
             click.echo("", err=True)
             _open_line[0] = False
-    size = m["files"]["model.so"]["bytes"]
+    size = m["files"]["model.so"]["bytes"] if "model.so" in m["files"] else sum(v["bytes"] for v in m["variants"])
+    held = (f", variants {' '.join(v['target'] for v in m['variants'])}: the best this CPU runs is loaded"
+            if m.get("variants") else "")
     emit({"path": m["path"], "target": m["target"], "precision": m["precision"], "compile": m["compile"],
-          "bytes": size}, as_json,
-         f"wrote {m['path']} ({size / 1e6:.1f} MB, {m['compile']['seconds']:.1f} s, target {m['target']['name']}, "
-         f"{m['precision']})")
+          "bytes": size, **({"variants": m["variants"]} if m.get("variants") else {})}, as_json,
+         f"wrote {m['path']} ({size / 1e6:.1f} MB{' in all' if held else ''}, {m['compile']['seconds']:.1f} s, target {m['target']['name']}, "
+         f"{m['precision']}{held})")

@@ -36,6 +36,10 @@ def info(model, precision, list_, as_json):
     if m.get("target"):
         t = m["target"]
         lines.append(f"target:  {t.get('name')} ({t.get('kind')}, {t.get('host_triple', '')} {t.get('cuda_arch') or ''})".rstrip())
+    if m.get("variant_of"):
+        v = m["variant_of"]
+        lines.append(f"variant: chosen from {v['target']} ({', '.join(v['variants'])}) for this CPU; "
+                     "EDGE_SLIM_VARIANT=TARGET overrides")
     c = m["config"]
     lines.append("inputs:  " + ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in m["inputs"]))
     lines.append("outputs: " + ", ".join(o["name"] for o in m["outputs"]))

@@ -166,7 +166,7 @@ def bench(configs: list[Config], rounds: int = 20, block: int = 10, warmup: int 
                 raise BadInputError(f"{s.bundle.path} takes other inputs ({spec}) than {meta[0]['model']} "
                                     f"({first_spec}); bench compares models of one input format")
             m = {"model": str(s.bundle.path), "name": s.manifest.get("name") or s.bundle.path.name,
-                 "format": s.manifest["format"], "target": (s.manifest.get("target") or {}).get("name"),
+                 "format": s.manifest["format"], "target": _target_name(s.manifest),
                  "precision": s.manifest.get("precision"), "backend": s.backend_name, "threads": c.threads}
             meta.append({"label": f"{_model(m)} {m['backend']} {m['threads'] or 'default'}t", **m})
             _close(s)
@@ -253,6 +253,13 @@ def _result(r: Row, rows: list[Row], meta: list[dict], configs: list[Config], ti
     if own is not None:
         out["vs"] = {"of": own[1], **paired_ratio(per_round[r], per_round[own[0]])}
     return out
+
+
+def _target_name(manifest: dict) -> str | None:
+    """The artifact's target; for a variant set, the set's and the variant loaded (x86-64-multi:x86-64-avx512)."""
+    name = (manifest.get("target") or {}).get("name")
+    of = manifest.get("variant_of")
+    return f"{of['target']}:{name}" if of and name else name
 
 
 def _label(m: dict, r: Row) -> str:

@@ -21,6 +21,8 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("schema", "name", "format", "precision", "model_file", "config", "inputs", "outputs",
                  "tokenizer", "answers", "preprocess", "files")
+VARIANTS_FORMAT = "variants"      # several compiled bundles of one model in sub-directories (see open_bundle)
+VARIANT_ENV = "EDGE_SLIM_VARIANT"  # a target name: load that variant of a variant set, not the best one
 
 
 def sha256_file(path: Path) -> str:
@@ -111,6 +113,11 @@ def open_bundle(path: str | os.PathLike | None = None, verify: bool = True) -> B
         raise ModelError(f"{mf} is not valid JSON ({e}); the bundle is damaged, export or download it again") from None
     if not isinstance(manifest, dict):
         raise ModelError(f"{mf} is not a manifest object")
+    if manifest.get("format") == VARIANTS_FORMAT:
+        chosen = open_bundle(_variant_dir(p, manifest, verify), verify)
+        chosen.manifest["variant_of"] = {"path": str(p), "target": (manifest.get("target") or {}).get("name"),
+                                         "variants": [v["target"] for v in manifest["variants"]]}
+        return chosen
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ModelError(f"{mf} lacks {', '.join(missing)}; the bundle is damaged or from another tool")
@@ -121,6 +128,40 @@ def open_bundle(path: str | os.PathLike | None = None, verify: bool = True) -> B
     if verify:
         verify_bundle(b)
     return b
+
+
+def pick_variant(variants: list[dict], flags: set[str], want: str | None = None) -> dict:
+    """The variant to load: `want` by target name if given, else the first (they are listed best first) whose
+    cpu_flags the host has; with no flags known (/proc/cpuinfo unreadable) the last, the baseline."""
+    if want:
+        for v in variants:
+            if v["target"] == want:
+                return v
+        raise ModelError(f"{VARIANT_ENV}={want} names no variant of this artifact; it holds: "
+                         f"{', '.join(v['target'] for v in variants)}")
+    if not flags:
+        return variants[-1]
+    for v in variants:
+        if set(v.get("cpu_flags") or ()) <= flags:
+            return v
+    return variants[-1]      # the baseline's own load check then names what this CPU lacks
+
+
+def _variant_dir(p: Path, manifest: dict, verify: bool) -> Path:
+    """A variant set (`edge-slim compile -t x86-64-multi`): its manifest lists the variants, best first, and the
+    checksums of their manifests (each of which checks its own files); -> the directory of the one to load."""
+    from ..targets import cpu_flags
+    variants = manifest.get("variants")
+    if manifest.get("schema") != SCHEMA_VERSION or not isinstance(variants, list) or not variants or not all(
+            isinstance(v, dict) and isinstance(v.get("dir"), str) and isinstance(v.get("target"), str)
+            and v["dir"] not in ("", ".", "..") and "/" not in v["dir"] and "\\" not in v["dir"] for v in variants):
+        raise ModelError(f"{p / MANIFEST}: a variant set needs schema {SCHEMA_VERSION} and a list of variants "
+                         "(dir, target, cpu_flags); the artifact is damaged or from another tool")
+    v = pick_variant(variants, cpu_flags(), os.environ.get(VARIANT_ENV) or None)
+    sub = Bundle(p, {"model_file": f"{v['dir']}/{MANIFEST}", "files": manifest.get("files") or {}})
+    if verify:
+        verify_bundle(sub)                     # the chosen variant's manifest, against the set's checksum
+    return p / v["dir"]
 
 
 def verify_bundle(b: Bundle) -> None:

@@ -346,6 +346,11 @@ def compile_model(source: str | os.PathLike | None, target: str, *, precision: s
     edge_slim/vision/spec.py) is stored for `edge-slim run IMAGE`.
     """
     tgt = T.get_target(target)
+    if tgt.variants:
+        from .variants import compile_variants
+        return compile_variants(source, tgt, out, precision, progress, tune_trials=tune_trials,
+                                input_shapes=input_shapes, cuda_arch=cuda_arch, recipe=recipe, debug_dump=debug_dump,
+                                tuning_dir=tuning_dir, dynamic=dynamic, binds=binds, preprocess=preprocess, split=split)
     rec = T.get_recipe(recipe or tgt.recipe)
     check_toolchain(tgt)
     src = Path(source) if source is not None else None
@@ -353,7 +358,7 @@ def compile_model(source: str | os.PathLike | None, target: str, *, precision: s
               tune_trials=tune_trials, cuda_arch=cuda_arch, debug_dump=Path(debug_dump) if debug_dump else None,
               tuning_dir=Path(tuning_dir) if tuning_dir else None, dynamic=dict(dynamic or {}),
               binds=dict(binds or {}), preprocess=preprocess)
-    job.out = Path(out) if out else default_output(src, tgt, job)
+    job.out = Path(out) if out else default_output(src, tgt, job.precision)
     t_start = time.perf_counter()
     describe, parts = None, []
     try:
@@ -436,9 +441,9 @@ def describe_job(job: Job) -> Job | None:
                debug_dump=job.debug_dump / "describe" if job.debug_dump is not None else None)
 
 
-def default_output(src: Path | None, tgt: T.Target, job: Job) -> Path:
+def default_output(src: Path | None, tgt: T.Target, precision: str | None) -> Path:
     stem = src.stem if src is not None and src.suffix == ".onnx" else (src.name if src else "slimpajama-tiny")
-    return Path.cwd() / f"{stem}-{tgt.name}{'-' + job.precision if job.precision else ''}"
+    return Path.cwd() / f"{stem}-{tgt.name}{'-' + precision if precision else ''}"
 
 
 def check_toolchain(tgt: T.Target) -> None:
