@@ -83,9 +83,13 @@ class OrtBackend:
             raise ModelError(f"{self.model_path}: ONNX Runtime cannot load it "
                              f"({str(e).splitlines()[0]})") from None
 
+    def _part_configs(self, config: dict) -> tuple[dict, dict]:
+        """(image part, text part) session config entries for the whole graph's `config`."""
+        return {**config, **(T.ORT_SHARED_CONFIG if self.threads != 1 else {})}, config
+
     def _part_sessions(self, config: dict):
-        image_cfg = {**config, **(T.ORT_SHARED_CONFIG if self.threads != 1 else {})}
-        return self._session(self._part_graphs[0], image_cfg), self._session(self._part_graphs[1], config)
+        image_cfg, text_cfg = self._part_configs(config)
+        return self._session(self._part_graphs[0], image_cfg), self._session(self._part_graphs[1], text_cfg)
 
     # -- image once, many texts ---------------------------------------------------------------
     def split(self):
@@ -109,21 +113,25 @@ class OrtBackend:
         untyped = [tensor_value_info(c) for c in sp.cut]
         image_graph = write_subgraph(model, list(sp.image_nodes), ["image"], untyped + list(sp.image_outputs),
                                      "image_part")
-        probe = self._session(image_graph, {})
+        image_cfg, text_cfg = self._part_configs(self.config or {})
+        probe = self._session(image_graph, image_cfg)      # kept as the image part's session
         shapes = {i.name: i.shape for i in model.graph.inputs}
         feed = {"image": np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in shapes["image"]], np.float32)}
         got = dict(zip([o.name for o in probe.get_outputs()], probe.run(None, feed)))
         typed = [tensor_value_info(c, dtype_code(got[c].dtype), got[c].shape) for c in sp.cut]
-        text_graph = self._batched_text_graph(model, sp, typed, {c: got[c] for c in sp.cut})
-        if text_graph is None:
+        batched = self._batched_text_graph(model, sp, typed, {c: got[c] for c in sp.cut}, text_cfg)
+        if batched is not None:
+            text_graph, text_sess = batched
+        else:
             text_graph = write_subgraph(model, list(sp.text_nodes), typed + ["tokens"], list(sp.text_outputs),
                                         "text_part")
+            text_sess = self._session(text_graph, text_cfg)
         self._part_graphs = (image_graph, text_graph)
-        self._parts = (*self._part_sessions(self.config or {}), sp)
+        self._parts = (probe, text_sess, sp)
 
-    def _batched_text_graph(self, model, sp, typed: list[bytes], probe_state: dict) -> bytes | None:
-        """The text part with a batch of texts (split.batch_consts), if it passes split.texts_agree on the
-        probe image's state; sets texts_at_once."""
+    def _batched_text_graph(self, model, sp, typed: list[bytes], probe_state: dict, config: dict):
+        """(graph, its session) of the text part with a batch of texts (split.batch_consts), if it passes
+        split.texts_agree on the probe image's state, else None; sets texts_at_once."""
         from ..onnx_proto import dtype_code, tensor_value_info, write_subgraph
         from ..split import batch_consts, texts_agree
         over = batch_consts(model.graph, sp)
@@ -135,7 +143,7 @@ class OrtBackend:
                                                           ("texts", *tok.shape[1:]))],
                                [tensor_value_info(o) for o in sp.text_outputs], "text_part", replace=over)
         try:
-            sess = self._session(graph, {})
+            sess = self._session(graph, config)
         except ModelError:
             return None
         names = list(sp.text_outputs)
@@ -143,7 +151,7 @@ class OrtBackend:
                            tok.shape, names):
             return None
         self.texts_at_once = True
-        return graph
+        return graph, sess
 
     def encode(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the image part: -> the cut tensors and the image-only outputs (Session.encode keeps them)."""
