@@ -70,14 +70,20 @@ def scenes():
     return [(render(s["scene"], 96), s["questions"][0]["text"]) for s in (G.sample(20261207, i) for i in range(6))]
 
 
-@pytest.mark.slow
-def test_compile_multi_through_the_cli_and_run_every_variant(tmp_path, scenes, monkeypatch):
+@pytest.fixture(scope="module")
+def nano_multi(tmp_path_factory) -> tuple[Path, dict]:
+    """The shipped Nano compiled for x86-64-multi through the CLI (no split parts: 2 builds, ~20 s)."""
     pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
-    out = tmp_path / "nano-multi"
+    out = tmp_path_factory.mktemp("variants") / "nano-multi"
     r = subprocess.run([sys.executable, "-m", "edge_slim", "compile", "slimpajama-nano", "-t", "x86-64-multi",
                         "--no-split", "-o", str(out), "--json"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads(r.stdout)
+    return out, json.loads(r.stdout)
+
+
+@pytest.mark.slow
+def test_compile_multi_through_the_cli_and_run_every_variant(nano_multi, scenes, monkeypatch):
+    out, report = nano_multi
     assert [v["target"] for v in report["variants"]] == ["x86-64-avx512", "x86-64"]
     assert report["bytes"] == sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and f.parent != out)
     top = json.loads((out / B.MANIFEST).read_text())
@@ -132,3 +138,30 @@ def test_a_tampered_or_unrunnable_variant_is_refused(tmp_path, monkeypatch, scen
     with pytest.raises(ModelError, match="a variant set needs"):
         edge_slim.load(art)
     assert np.isfinite(s.ask(*scenes[1]).score)
+
+
+QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+PICK = """
+import sys, edge_slim
+s = edge_slim.load(sys.argv[1], threads=1)
+a = s.ask(sys.argv[2], sys.argv[3])
+print(s.bundle.manifest["target"]["name"], a.answer, a.score)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(QEMU is None, reason="qemu-x86_64-static is missing: scripts/dev-setup.sh installs it")
+def test_an_avx2_only_cpu_loads_the_avx2_build(nano_multi, tmp_path):
+    """Under qemu's Haswell CPU model (AVX2, no AVX-512) the set loads its x86-64 build and answers as ORT does;
+    were the AVX-512 build picked there, it would die of an illegal instruction."""
+    out, _ = nano_multi
+    img, q = tmp_path / "scene.png", "how many objects are there?"
+    render(G.sample(20261207, 0)["scene"], 96).save(img)
+    p = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", PICK, str(out), str(img), q],
+                       capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin",
+                                                                         "PYTHONDONTWRITEBYTECODE": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    target, answer, score = p.stdout.split()
+    want = edge_slim.load("slimpajama-nano", backend="ort", threads=1).ask(img, q)
+    assert target == "x86-64" and answer == want.answer and abs(float(score) - want.score) < 1e-4, (p.stdout, want)
+
