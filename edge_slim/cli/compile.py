@@ -49,7 +49,7 @@ def compile_cmd(model, target, precision, out, tune_trials, input_shapes, dynami
                 recipe, debug_dump, tuning_dir, no_split, as_json):
     """Compile MODEL (a bundle or .onnx; default the shipped SlimPajama-Tiny) for a device."""
     from ..aot.lower.pipeline import compile_model, parse_shapes
-    from ..targets import get_target
+    from ..targets import cpu_flags, get_target
     tgt = get_target(target)
     from ..aot.lower.onnx_rewrites import parse_bind, parse_dynamic
     from ..vision.spec import parse_spec
@@ -79,3 +79,6 @@ def compile_cmd(model, target, precision, out, tune_trials, input_shapes, dynami
           "bytes": size, **({"variants": m["variants"]} if m.get("variants") else {})}, as_json,
          f"wrote {m['path']} ({size / 1e6:.1f} MB{' in all' if held else ''}, {m['compile']['seconds']:.1f} s, target {m['target']['name']}, "
          f"{m['precision']}{held})")
+    if not as_json and tgt.name == "x86-64" and "avx512f" in cpu_flags():
+        click.echo("note: this CPU has AVX-512, which an x86-64 (AVX2) artifact leaves unused; -t x86-64-multi adds "
+                   "an AVX-512 build that the runtime loads on CPUs that have it (docs/targets.md)", err=True)
