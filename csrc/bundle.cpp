@@ -79,6 +79,24 @@ std::set<std::string> host_cpu_flags() {
   return out;
 }
 
+// One file a manifest lists, against its entry's sha256 (and byte count, where given): the check every bundle file
+// and every variant's manifest goes through before anything is read from it.
+void check_listed_file(const std::string& dir, const std::string& name, const std::string& path, const Json* entry,
+                       const char* remedy) {
+  const Json* want_sha = entry ? entry->get("sha256") : nullptr;
+  const Json* want_bytes = entry ? entry->get("bytes") : nullptr;
+  if (!want_sha || !want_sha->is_string())
+    throw Failure(ES_ERR_TAMPERED, dir + ": " + name + " has no checksum in the manifest");
+  std::string hex, err;
+  uint64_t bytes = 0;
+  if (!sha256_file(path, &hex, &bytes, &err))
+    throw Failure(ES_ERR_TAMPERED, dir + ": " + name + " cannot be read (" + err + ")");
+  bool size_ok = !want_bytes || (want_bytes->is_number() && uint64_t(want_bytes->num) == bytes);
+  if (!size_ok || want_sha->str != hex)
+    throw Failure(ES_ERR_TAMPERED, dir + ": checksum mismatch for " + name + "; the file was modified or damaged - " +
+                                   remedy);
+}
+
 // A variant set (format "variants", `edge-slim compile -t x86-64-multi`): the sub-directory of the variant to
 // open, as edge_slim/runtime/bundle.py picks it -- EDGE_SLIM_VARIANT by target name, else the first (they are
 // listed best first) whose cpu_flags this host has, else the last (the baseline, whose own check then names
@@ -124,15 +142,8 @@ std::string variant_dir(const Manifest& b, bool verify) {
   std::string dir = pick->get("dir")->str, name = dir + "/manifest.json";
   if (verify) {
     const Json* files = b.json.get("files");
-    const Json* entry = files && files->is_object() ? files->get(name) : nullptr;
-    const Json* want_sha = entry ? entry->get("sha256") : nullptr;
-    std::string hex, err;
-    uint64_t bytes = 0;
-    if (!want_sha || !want_sha->is_string())
-      throw Failure(ES_ERR_TAMPERED, b.dir + ": " + name + " has no checksum in the manifest");
-    if (!sha256_file(b.dir + "/" + name, &hex, &bytes, &err) || hex != want_sha->str)
-      throw Failure(ES_ERR_TAMPERED, b.dir + ": checksum mismatch for " + name + "; the file was modified or "
-                                     "damaged - restore or re-compile the artifact");
+    check_listed_file(b.dir, name, b.dir + "/" + name, files && files->is_object() ? files->get(name) : nullptr,
+                      "restore or re-compile the artifact");
   }
   return dir;
 }
@@ -188,17 +199,7 @@ Manifest open_manifest(const std::string& dir, bool verify) {
         (!rp.empty() && rp.compare(0, root.size() + 1, root + "/") != 0))
       throw Failure(ES_ERR_TAMPERED, b.dir + ": manifest names a file outside the bundle: " + name);
     if (rp.empty()) throw Failure(ES_ERR_TAMPERED, b.dir + ": " + name + " is missing; the bundle is incomplete");
-    if (!verify) continue;
-    const Json* want_sha = kv.second.get("sha256");
-    const Json* want_bytes = kv.second.get("bytes");
-    std::string hex;
-    uint64_t bytes = 0;
-    if (!sha256_file(rp, &hex, &bytes, &err))
-      throw Failure(ES_ERR_TAMPERED, b.dir + ": " + name + " cannot be read (" + err + ")");
-    bool size_ok = !want_bytes || (want_bytes->is_number() && uint64_t(want_bytes->num) == bytes);
-    if (!size_ok || !want_sha || !want_sha->is_string() || want_sha->str != hex)
-      throw Failure(ES_ERR_TAMPERED, b.dir + ": checksum mismatch for " + name + "; the file was modified or "
-                                     "damaged - restore or re-export the bundle");
+    if (verify) check_listed_file(b.dir, name, rp, &kv.second, "restore or re-export the bundle");
   }
   b.model_path = root + "/" + b.model_file;
   return b;

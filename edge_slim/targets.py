@@ -119,6 +119,12 @@ class Target:
         host = {**(self.tvm_host or {}), "num-cores": n}
         return {**self.tvm, "arch": cuda_arch or self.cuda_arch, "host": host}
 
+    def artifact_info(self) -> dict:
+        """What a compiled artifact's manifest records of its target (`target`): what the runtime and the C API
+        check against the host before loading it (docs/bundle.md)."""
+        return {"name": self.name, "kind": self.kind, "host_triple": self.host_triple,
+                "elf_machine": self.elf_machine[1], "cpu_flags": list(self.cpu_flags)}
+
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in TARGET_KEYS if getattr(self, k, None) is not None}
         d["aliases"], d["cpu_flags"] = list(self.aliases), list(self.cpu_flags)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -72,12 +73,12 @@ def compile_cmd(model, target, precision, out, tune_trials, input_shapes, dynami
         if _open_line[0]:  # an error ends the phase's line, so that it is a line of its own
             click.echo("", err=True)
             _open_line[0] = False
-    size = m["files"]["model.so"]["bytes"] if "model.so" in m["files"] else sum(v["bytes"] for v in m["variants"])
+    size = sum(f.stat().st_size for f in Path(m["path"]).rglob("*") if f.is_file())   # the artifact, every file
     held = (f", variants {' '.join(v['target'] for v in m['variants'])}: the best this CPU runs is loaded"
             if m.get("variants") else "")
     emit({"path": m["path"], "target": m["target"], "precision": m["precision"], "compile": m["compile"],
           "bytes": size, **({"variants": m["variants"]} if m.get("variants") else {})}, as_json,
-         f"wrote {m['path']} ({size / 1e6:.1f} MB{' in all' if held else ''}, {m['compile']['seconds']:.1f} s, target {m['target']['name']}, "
+         f"wrote {m['path']} ({size / 1e6:.1f} MB, {m['compile']['seconds']:.1f} s, target {m['target']['name']}, "
          f"{m['precision']}{held})")
     if not as_json and tgt.name == "x86-64" and "avx512f" in cpu_flags():
         click.echo("note: this CPU has AVX-512, which an x86-64 (AVX2) artifact leaves unused; -t x86-64-multi adds "

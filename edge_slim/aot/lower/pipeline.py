@@ -463,11 +463,9 @@ def write_compiled_bundle(job: Job, total_s: float, describe: Job | None = None,
     src_manifest = job.bundle.manifest if job.bundle else {}
     name = src_manifest.get("name") or job.onnx_path.stem
     outputs = src_manifest.get("outputs") or _onnx_outputs(job.onnx_model)
-    target_info = {"name": job.target.name, "kind": job.target.kind,
-                   "tvm": job.target.tvm_target(cuda_arch=job.cuda_arch),
-                   "host_triple": job.target.host_triple, "elf_machine": job.target.elf_machine[1],
+    target_info = {**job.target.artifact_info(), "tvm": job.target.tvm_target(cuda_arch=job.cuda_arch),
                    "cuda_arch": (job.cuda_arch or job.target.cuda_arch) if job.target.kind == "cuda" else None,
-                   "cpu_flags": list(job.target.cpu_flags), "recipe": job.recipe.name}
+                   "recipe": job.recipe.name}
     manifest = {
         "schema": B.SCHEMA_VERSION, "name": name, "format": "tvm", "precision": job.precision,
         "model_file": "model.so",

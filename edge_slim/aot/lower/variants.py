@@ -45,9 +45,7 @@ def compile_variants(source, tgt: T.Target, out: Path | None, precision: str | N
         names = tgt.variant_names(prec)     # every list ends with the same baseline (targets.load_variant_set)
         for name in names[:-1]:
             built[name] = build(name)
-        target = {"name": tgt.name, "kind": tgt.kind, "host_triple": tgt.host_triple,
-                  "elf_machine": tgt.elf_machine[1], "cpu_flags": list(tgt.cpu_flags)}
-        manifest = write_variant_set(tmp, built[base]["name"], prec, target,
+        manifest = write_variant_set(tmp, built[base]["name"], prec, tgt.artifact_info(),
                                      [{"dir": n, "target": n, "cpu_flags": built[n]["target"]["cpu_flags"]}
                                       for n in names],
                                      {"seconds": round(time.perf_counter() - t0, 3),
