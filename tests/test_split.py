@@ -11,7 +11,8 @@ from edge_slim.errors import BadInputError
 from edge_slim.runtime import bundle as B
 from edge_slim.runtime.backends import available, backend_class
 from edge_slim.runtime.onnx_proto import dtype_code, load_model, parse_model, tensor_value_info, write_subgraph
-from edge_slim.runtime.split import batch_consts, plan_split, texts_agree
+from edge_slim.runtime.split import (batch_consts, dynamic_quantize_inputs, plan_split, quantize_per_text,
+                                     texts_agree)
 
 BACKENDS = [b for b in ("ort", "numpy") if available(b)]
 MODELS = ["slimpajama-tiny", "slimpajama-tiny-int8"]
@@ -160,12 +161,13 @@ def test_texts_agree_catches_a_batch_that_mixes_texts():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["slimpajama-tiny", "slimpajama-nano", "slimpajama-tiny-int8"])
+@pytest.mark.parametrize("name", ["slimpajama-tiny", "slimpajama-nano", "slimpajama-tiny-int8", "slimpajama-nano-int8"])
 def test_one_run_of_many_texts_equals_one_run_each(backend, name):
     be = backend_class(backend)(B.open_bundle(shipped_dir().parent / name), threads=1)
     image, _ = feeds(0)
     state = be.encode({"image": image})
-    assert be.texts_at_once == (not name.endswith("int8"))
+    # int8: ONNX Runtime runs the per-text rewrite of DynamicQuantizeLinear (quantize_per_text); NumPy one text a run
+    assert be.texts_at_once == (not name.endswith("int8") or backend == "ort")
     toks = np.concatenate([feeds(seed)[1] for seed in range(8)])
     if not be.texts_at_once:
         return
@@ -228,3 +230,81 @@ def test_compile_no_split_leaves_the_parts_out(tmp_path):
     assert enc.state is None                         # whole-graph calls, the same answers
     o = edge_slim.load("slimpajama-tiny-int8", backend="ort", threads=1)
     assert s.ask(enc, QUESTIONS[0]).answer == o.ask(IMAGES[0], QUESTIONS[0]).answer
+
+
+def _dql_model(rows: int) -> bytes:
+    """image -> Relu -> + tokens [rows, 6, 8] -> DynamicQuantizeLinear -> MatMulInteger (the int8 form's pattern,
+    with a weight zero point) and, on the mean over tokens ([rows, 8], rank 2), another; outputs the int32 sums
+    and the dequantized products."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto as TP, helper as h, numpy_helper as nh
+    rng = np.random.default_rng(3)
+    w = rng.integers(-63, 64, (8, 5)).astype(np.int8)
+    w2 = rng.integers(-63, 64, (8, 3)).astype(np.int8)
+    inits = [nh.from_array(w, "w"), nh.from_array(np.array(2, np.int8), "wz"), nh.from_array(w2, "w2"),
+             nh.from_array(np.full(5, 0.01, np.float32), "ws"), nh.from_array(np.array([1], np.int64), "ax")]
+    nodes = [h.make_node("Relu", ["image"], ["img"]), h.make_node("Add", ["tokens", "img"], ["x"]),
+             h.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"]),
+             h.make_node("MatMulInteger", ["y", "w", "z", "wz"], ["acc"]),
+             h.make_node("Mul", ["s", "ws"], ["sws"]), h.make_node("Cast", ["acc"], ["accf"], to=TP.FLOAT),
+             h.make_node("Mul", ["accf", "sws"], ["out"]),
+             h.make_node("ReduceMean", ["x", "ax"], ["m"], keepdims=0),
+             h.make_node("DynamicQuantizeLinear", ["m"], ["my", "ms", "mz"]),
+             h.make_node("MatMulInteger", ["my", "w2", "mz"], ["acc2"])]
+    g = h.make_graph(nodes, "dql", [h.make_tensor_value_info("image", TP.FLOAT, [1, 8]),
+                                    h.make_tensor_value_info("tokens", TP.FLOAT, [rows, 6, 8])],
+                     [h.make_tensor_value_info(n, t, None) for n, t in
+                      (("acc", TP.INT32), ("out", TP.FLOAT), ("acc2", TP.INT32))], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 20)], ir_version=9).SerializeToString()
+
+
+def test_per_text_quantization_computes_each_text_as_a_run_of_it_alone():
+    """The oracle is ONNX Runtime's own DynamicQuantizeLinear on one text at a time: the rewrite's integer sums
+    and dequantized products equal it bit for bit, for texts whose range is all positive, all negative, all
+    zero (ORT's scale 1), tiny or wide, and one whose zero point lands on a rounding tie."""
+    ort = pytest.importorskip("onnxruntime")
+    model = parse_model(_dql_model(1))
+    g = model.graph
+    sp = plan_split(g)
+    assert dynamic_quantize_inputs(g, sp) == ["x", "m"]
+    assert batch_consts(g, sp) is None
+    rw = quantize_per_text(g, sp, {"x": 3, "m": 2})
+    assert rw is not None and not any(getattr(n, "op_type", "") == "DynamicQuantizeLinear" for n in rw.nodes)
+    over = batch_consts(g, sp, rewrite=rw)
+    assert over == {}
+    image = np.zeros((1, 8), np.float32)           # Relu(0) = 0: the tokens are the quantized values
+    text_in = [tensor_value_info("img", dtype_code(np.float32), (1, 8)),
+               tensor_value_info("tokens", dtype_code(np.float32), ("texts", 6, 8))]
+    batched = ort.InferenceSession(write_subgraph(model, list(rw.nodes), text_in, ["acc", "out", "acc2"], "t",
+                                                  replace=rw.initializers), providers=["CPUExecutionProvider"])
+    whole = ort.InferenceSession(model.raw, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    texts = np.stack([rng.normal(0, 1, (6, 8)), np.abs(rng.normal(2, 1, (6, 8))), -np.abs(rng.normal(0, 5, (6, 8))),
+                      np.zeros((6, 8)), rng.normal(0, 1e-6, (6, 8)), rng.normal(0, 300, (6, 8)),
+                      np.linspace(-3.5, 251.5, 48).reshape(6, 8)]).astype(np.float32)
+    got = batched.run(None, {"img": image, "tokens": texts})
+    for i in range(len(texts)):
+        want = whole.run(None, {"image": image, "tokens": texts[i:i + 1]})
+        for name, b, w in zip(("acc", "out", "acc2"), got, want):
+            assert b.dtype == w.dtype and np.array_equal(b[i:i + 1], w), (name, i)
+    # a quantized input feeding anything but MatMulInteger (here an Identity of its zero point): not rewritten
+    from edge_slim.runtime.onnx_proto import Node, ValueInfo
+    g.nodes.append(Node("Identity", ["z"], ["zz"]))
+    g.outputs.append(ValueInfo("zz"))
+    sp2 = plan_split(g)
+    assert len(sp2.text_nodes) == len(sp.text_nodes) + 1 and quantize_per_text(g, sp2, {"x": 3, "m": 2}) is None
+
+
+def test_ort_int8_session_answers_many_questions_in_one_run():
+    """Through the public API: the shipped int8 bundle on ONNX Runtime answers 8 questions in one `ask` as 8 asks
+    do, and builds the per-text rewrite only when several texts first come."""
+    s = edge_slim.load("slimpajama-tiny-int8", backend="ort", threads=1)
+    enc = s.encode(IMAGES[0])
+    assert s.backend.texts_at_once and s.backend._parts[3] is None     # not built by encode
+    many = s.ask(enc, QUESTIONS)
+    assert s.backend._parts[3] is not None
+    for q, a in zip(QUESTIONS, many):
+        one = s.ask(enc, q)
+        assert a.answer == one.answer and abs(a.score - one.score) < 1e-5, q
+    m = s.match(enc, ["a red cube", "two spheres", "a green cylinder"])
+    assert m.best == s.match(IMAGES[0], ["a red cube", "two spheres", "a green cylinder"]).best

@@ -520,12 +520,38 @@ def tensor_proto(name: str, value: np.ndarray) -> bytes:
     return out + _len_field(9, a.astype(DTYPES[code], copy=False).tobytes())
 
 
-def write_subgraph(model: Model, nodes: list[int], inputs: list[str | bytes], outputs: list[str | bytes],
+def _attribute_proto(name: str, v: Any) -> bytes:
+    """A serialized AttributeProto of an int, float, str or list of ints (what node_proto's callers set)."""
+    head = _len_field(1, name.encode())
+    if isinstance(v, bool) or isinstance(v, (int, np.integer)):
+        return head + _varint_bytes(3 << 3 | _VARINT) + _varint_bytes(int(v) & (1 << 64) - 1) + \
+            _varint_bytes(20 << 3 | _VARINT) + _varint_bytes(2)
+    if isinstance(v, (float, np.floating)):
+        return head + _varint_bytes(2 << 3 | _I32) + struct.pack("<f", float(v)) + \
+            _varint_bytes(20 << 3 | _VARINT) + _varint_bytes(1)
+    if isinstance(v, str):
+        return head + _len_field(4, v.encode()) + _varint_bytes(20 << 3 | _VARINT) + _varint_bytes(3)
+    if isinstance(v, (list, tuple)) and all(isinstance(i, (int, np.integer)) for i in v):
+        ints = b"".join(_varint_bytes(int(i) & (1 << 64) - 1) for i in v)
+        return head + _len_field(8, ints) + _varint_bytes(20 << 3 | _VARINT) + _varint_bytes(7)
+    raise ModelError(f"attribute {name}: cannot write a {type(v).__name__}")
+
+
+def node_proto(n: Node) -> bytes:
+    """A serialized NodeProto of `n` (a node made in code rather than read from a file)."""
+    out = b"".join(_len_field(1, i.encode()) for i in n.inputs) + b"".join(_len_field(2, o.encode()) for o in n.outputs)
+    out += (_len_field(3, n.name.encode()) if n.name else b"") + _len_field(4, n.op_type.encode())
+    out += b"".join(_len_field(5, _attribute_proto(k, v)) for k, v in n.attrs.items())
+    return out + (_len_field(7, n.domain.encode()) if n.domain else b"")
+
+
+def write_subgraph(model: Model, nodes: list[int | Node], inputs: list[str | bytes], outputs: list[str | bytes],
                    name: str = "part", replace: dict[str, np.ndarray] | None = None) -> bytes:
-    """A serialized ModelProto holding nodes `nodes` (indices into model.graph.nodes, in order) of `model`,
-    the initializers they read, and the given graph inputs/outputs: a name copies the original graph's
-    ValueInfo, bytes are a ValueInfoProto (tensor_value_info) for a tensor that was internal. `replace`
-    gives new values for some initializers (written anew; every other one is copied byte for byte)."""
+    """A serialized ModelProto holding nodes `nodes` of `model` in order -- an index into model.graph.nodes is
+    copied byte for byte, a Node is written anew (node_proto) --, the initializers they read, and the given
+    graph inputs/outputs: a name copies the original graph's ValueInfo, bytes are a ValueInfoProto
+    (tensor_value_info) for a tensor that was internal. `replace` gives new values for some initializers, or
+    new initializers the written nodes read (written anew; every other one is copied byte for byte)."""
     replace = replace or {}
     g, raw = model.graph, model.raw
     if not raw:
@@ -539,11 +565,12 @@ def write_subgraph(model: Model, nodes: list[int], inputs: list[str | bytes], ou
         a, b = g.value_spans[v]
         return raw[a:b]
 
-    used = {i for k in nodes for i in g.nodes[k].inputs if i in g.initializer_spans}
-    parts = [_len_field(1, raw[slice(*g.node_spans[k])]) for k in nodes]
+    read = {i for k in nodes for i in (k.inputs if isinstance(k, Node) else g.nodes[k].inputs)}
+    parts = [_len_field(1, node_proto(k) if isinstance(k, Node) else raw[slice(*g.node_spans[k])]) for k in nodes]
     parts.append(_len_field(2, name.encode()))
     parts += [_len_field(5, tensor_proto(n, replace[n]) if n in replace else raw[slice(*g.initializer_spans[n])])
-              for n in g.initializer_spans if n in used]
+              for n in g.initializer_spans if n in read]
+    parts += [_len_field(5, tensor_proto(n, v)) for n, v in replace.items() if n in read and n not in g.initializer_spans]
     parts += [_len_field(11, value(v)) for v in inputs] + [_len_field(12, value(v)) for v in outputs]
     head = _varint_bytes(1 << 3 | _VARINT) + _varint_bytes(model.ir_version) + _len_field(2, model.producer.encode())
     opsets = b"".join(_len_field(8, raw[slice(*s)]) for s in model.opset_spans)

@@ -33,6 +33,12 @@ def session_options(threads: int | None, config: dict) -> ort.SessionOptions:
     return so
 
 
+# The per-text rewrite of an int8 text part runs on one thread: its ~900 small operators gain nothing from a
+# second (8 texts of SlimPajama-Tiny: 3.66 ms at 1 thread, 3.78 ms at 2; Zen 3, 2026-12-08), and a session
+# without a pool of its own leaves the second core to the image part's.
+PER_TEXT_THREADS = 1
+
+
 class OrtBackend:
     name = "ort"
 
@@ -49,8 +55,13 @@ class OrtBackend:
         self._swap_lock = threading.Lock()
         self._requests = itertools.count(1)
         self._swapped = 0
-        self._parts = None                    # (image session, text session, Split), built on the first encode
-        self._part_graphs: tuple[bytes, bytes] | None = None
+        # (image session, text session, Split, session for several texts: the text session itself where
+        # that takes them, else the per-text rewrite's or None), built on the first encode from _part_graphs
+        # (image, text, several texts or b"")
+        self._parts = None
+        self._part_graphs: tuple[bytes, bytes, bytes] | None = None
+        self._texts_later = None              # what _texts_session needs to build the per-text rewrite
+        self._texts_lock = threading.Lock()
         self.texts_at_once = False            # run_text takes tokens of several texts (set by the first encode)
         self._lease = T.SESSIONS.join(self)
         try:
@@ -68,16 +79,17 @@ class OrtBackend:
                 self._swapped = max(self._swapped, request)
                 return
         sess = self._session(self.model_path, want)
-        parts = self._part_sessions(want) if self._part_graphs is not None else None
+        parts = self._part_sessions(want) if self._parts is not None else None
         with self._swap_lock:
             if request > self._swapped:         # calls in flight keep the session they started on
                 self.sess, self.config, self._swapped = sess, want, request
                 if parts is not None:
-                    self._parts = (*parts, self._parts[2])
+                    self._parts = (parts[0], parts[1], self._parts[2],
+                                   parts[1] if self._parts[3] is self._parts[1] else parts[2])
 
-    def _session(self, model, config: dict) -> ort.InferenceSession:
+    def _session(self, model, config: dict, threads: int | None = None) -> ort.InferenceSession:
         try:
-            return ort.InferenceSession(model, session_options(self.threads, config),
+            return ort.InferenceSession(model, session_options(threads or self.threads, config),
                                         providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for bad graphs
             raise ModelError(f"{self.model_path}: ONNX Runtime cannot load it "
@@ -89,7 +101,9 @@ class OrtBackend:
 
     def _part_sessions(self, config: dict):
         image_cfg, text_cfg = self._part_configs(config)
-        return self._session(self._part_graphs[0], image_cfg), self._session(self._part_graphs[1], text_cfg)
+        image, text, texts = self._part_graphs
+        return (self._session(image, image_cfg), self._session(text, text_cfg),
+                self._session(texts, text_cfg, PER_TEXT_THREADS) if texts else None)
 
     # -- image once, many texts ---------------------------------------------------------------
     def split(self):
@@ -102,11 +116,11 @@ class OrtBackend:
 
     def _build_parts(self) -> None:
         from ..onnx_proto import dtype_code, load_model, tensor_value_info, write_subgraph
-        from ..split import plan_split
+        from ..split import dynamic_quantize_inputs, plan_split
         model = load_model(self.model_path)
         sp = plan_split(model.graph)
         if sp is None:
-            self._part_graphs = (b"", b"")
+            self._part_graphs = (b"", b"", b"")
             return
         # the image part's outputs may stay untyped (ORT infers them); the text part's inputs need their types,
         # read from one run of the image part
@@ -119,36 +133,80 @@ class OrtBackend:
         feed = {"image": np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in shapes["image"]], np.float32)}
         got = dict(zip([o.name for o in probe.get_outputs()], probe.run(None, feed)))
         typed = [tensor_value_info(c, dtype_code(got[c].dtype), got[c].shape) for c in sp.cut]
-        batched = self._batched_text_graph(model, sp, typed, {c: got[c] for c in sp.cut}, text_cfg)
-        if batched is not None:
+        state = {c: got[c] for c in sp.cut}
+        batched = self._batched_text_graph(model, sp, typed, state, text_cfg, None)
+        if batched is not None:       # one graph for one text and for several
             text_graph, text_sess = batched
-        else:
-            text_graph = write_subgraph(model, list(sp.text_nodes), typed + ["tokens"], list(sp.text_outputs),
-                                        "text_part")
-            text_sess = self._session(text_graph, text_cfg)
-        self._part_graphs = (image_graph, text_graph)
-        self._parts = (probe, text_sess, sp)
+            self._part_graphs = (image_graph, text_graph, b"")
+            self._parts = (probe, text_sess, sp, text_sess)
+            return
+        text_graph = write_subgraph(model, list(sp.text_nodes), typed + ["tokens"], list(sp.text_outputs),
+                                    "text_part")
+        self._part_graphs = (image_graph, text_graph, b"")
+        self._parts = (probe, self._session(text_graph, text_cfg), sp, None)
+        if dynamic_quantize_inputs(model.graph, sp):     # int8: built when several texts first come
+            self._texts_later, self.texts_at_once = (model, typed, state), True
 
-    def _batched_text_graph(self, model, sp, typed: list[bytes], probe_state: dict, config: dict):
-        """(graph, its session) of the text part with a batch of texts (split.batch_consts), if it passes
-        split.texts_agree on the probe image's state, else None; sets texts_at_once."""
+    def _texts_session(self):
+        """The session of split.quantize_per_text's rewrite of the text part, built on the first run of
+        several texts (it costs about as much as 100-300 runs of one text, which most sessions never make
+        at once); None where it cannot be built or does not pass the check against the text part."""
+        with self._texts_lock:
+            if self._texts_later is not None:
+                model, typed, state = self._texts_later
+                _, text_sess, sp, _ = self._parts
+                text_cfg = self._part_configs(self.config or {})[1]
+                rewrite = self._per_text_rewrite(model, sp, typed, state, text_cfg)
+                built = rewrite and self._batched_text_graph(model, sp, typed, state, text_cfg, rewrite, text_sess)
+                with self._swap_lock:
+                    if built:
+                        self._part_graphs = (*self._part_graphs[:2], built[0])
+                        self._parts = (*self._parts[:3], built[1])
+                    self._texts_later = None
+            return self._parts[3]
+
+    def _per_text_rewrite(self, model, sp, typed: list[bytes], probe_state: dict, config: dict):
+        """split.quantize_per_text for an int8 text part (the ranks it needs from one probe run), or None."""
+        from ..onnx_proto import tensor_value_info, write_subgraph
+        from ..split import dynamic_quantize_inputs, quantize_per_text
+        xs = dynamic_quantize_inputs(model.graph, sp)
+        if not xs:
+            return None
+        graph = write_subgraph(model, list(sp.text_nodes), typed + ["tokens"],
+                               [tensor_value_info(x) for x in dict.fromkeys(xs)], "text_probe")
+        tok = next(vi for vi in model.graph.inputs if vi.name == "tokens")
+        try:
+            got = self._session(graph, config).run(list(dict.fromkeys(xs)), {
+                **probe_state, "tokens": np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in tok.shape],
+                                                  np.int64)})
+        except Exception:  # noqa: BLE001 - no rewrite: the text part runs one text at a time, as before
+            return None
+        return quantize_per_text(model.graph, sp, {x: np.ndim(v) for x, v in zip(dict.fromkeys(xs), got)})
+
+    def _batched_text_graph(self, model, sp, typed: list[bytes], probe_state: dict, config: dict, rewrite,
+                            one=None):
+        """(graph, its session) of the text part (or of split.quantize_per_text's `rewrite` of it) with a batch
+        of texts (split.batch_consts), if it passes split.texts_agree on the probe image's state against
+        itself (or against `one`, the session of the text part as it was), else None; sets texts_at_once."""
         from ..onnx_proto import dtype_code, tensor_value_info, write_subgraph
         from ..split import batch_consts, texts_agree
-        over = batch_consts(model.graph, sp)
+        over = batch_consts(model.graph, sp, rewrite=rewrite)
         if over is None:
             return None
         tok = next(vi for vi in model.graph.inputs if vi.name == "tokens")
-        graph = write_subgraph(model, list(sp.text_nodes),
+        graph = write_subgraph(model, list(rewrite.nodes if rewrite else sp.text_nodes),
                                typed + [tensor_value_info("tokens", tok.elem_type or dtype_code(np.int64),
                                                           ("texts", *tok.shape[1:]))],
-                               [tensor_value_info(o) for o in sp.text_outputs], "text_part", replace=over)
+                               [tensor_value_info(o) for o in sp.text_outputs], "text_part",
+                               replace={**(rewrite.initializers if rewrite else {}), **over})
         try:
-            sess = self._session(graph, config)
+            sess = self._session(graph, config, PER_TEXT_THREADS if rewrite else None)
         except ModelError:
             return None
         names = list(sp.text_outputs)
-        if not texts_agree(lambda t: dict(zip(names, sess.run(names, {**probe_state, "tokens": t}))),
-                           tok.shape, names):
+        def runner(s):
+            return lambda t: dict(zip(names, s.run(names, {**probe_state, "tokens": t})))
+        if not texts_agree(runner(sess), tok.shape, names, run_one=runner(one) if one is not None else None):
             return None
         self.texts_at_once = True
         return graph, sess
@@ -157,13 +215,23 @@ class OrtBackend:
         """Run the image part: -> the cut tensors and the image-only outputs (Session.encode keeps them)."""
         if self._parts is None and self.split() is None:
             raise ModelError(f"{self.model_path}: the graph has no image/text cut to encode with")
-        image_sess, _, sp = self._parts
+        image_sess, _, sp, _ = self._parts
         names = list(sp.cut + sp.image_outputs)
         return dict(zip(names, image_sess.run(names, feeds)))
 
     def run_text(self, state: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the text part on an encoded image: -> every graph output, as `run` returns them."""
-        _, text_sess, sp = self._parts
+        """Run the text part on an encoded image: -> every graph output, as `run` returns them (with
+        texts_at_once, `tokens` may hold several texts: one row per text)."""
+        _, text_sess, sp, texts_sess = self._parts
+        rows = len(feeds["tokens"])
+        if rows > 1 and texts_sess is None and self.texts_at_once:
+            texts_sess = self._texts_session()
+            if texts_sess is None:      # the rewrite did not apply: one run per text
+                outs = [self.run_text(state, {**feeds, "tokens": feeds["tokens"][i:i + 1]}) for i in range(rows)]
+                return {n: np.concatenate([o[n] for o in outs]) if n in sp.text_outputs else outs[0][n]
+                        for n in outs[0]}
+        if rows > 1:
+            text_sess = texts_sess
         out = dict(zip(sp.text_outputs, text_sess.run(list(sp.text_outputs), {**{c: state[c] for c in sp.cut},
                                                                                 **feeds})))
         return sp.outputs(self.output_names, out, state)
