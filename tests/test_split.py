@@ -308,3 +308,14 @@ def test_ort_int8_session_answers_many_questions_in_one_run():
         assert a.answer == one.answer and abs(a.score - one.score) < 1e-5, q
     m = s.match(enc, ["a red cube", "two spheres", "a green cylinder"])
     assert m.best == s.match(IMAGES[0], ["a red cube", "two spheres", "a green cylinder"]).best
+
+
+def test_ort_int8_without_the_rewrite_runs_one_text_a_run(monkeypatch):
+    """Where the rewrite does not apply, several texts still get one run each and the same answers."""
+    import edge_slim.runtime.split as S
+    s = edge_slim.load("slimpajama-tiny-int8", backend="ort", threads=1)
+    enc = s.encode(IMAGES[0])
+    monkeypatch.setattr(S, "quantize_per_text", lambda *a: None)
+    many = s.ask(enc, QUESTIONS[:3])
+    assert s.backend._parts[3] is None and not s.backend.texts_at_once
+    assert [a.answer for a in many] == [s.ask(enc, q).answer for q in QUESTIONS[:3]]
