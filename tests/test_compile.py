@@ -162,6 +162,35 @@ def test_internal_pass_failure_is_one_line_and_a_log(monkeypatch, tmp_path, caps
     assert not out.exists()
 
 
+@pytest.mark.parametrize("failing", ["x86-64", "x86-64-avx512"])
+def test_a_variant_that_fails_to_compile_leaves_its_log_beside_the_output(monkeypatch, tmp_path, capsys, failing):
+    """A variant set builds every variant in a staging folder that goes away on failure: the failing variant's
+    traceback log is kept beside the output and the error names that copy, whether the baseline (built first)
+    or a later variant fails."""
+    import sys
+    from edge_slim.aot.lower import pipeline as lower
+    from edge_slim.cli.common import run_cli
+    from edge_slim.cli.main import cli
+
+    graph = dict(lower.PHASES)["graph"]
+
+    def graph_phase(job):
+        if job.target.name == failing:
+            raise RuntimeError(f"pass exploded on {failing}")
+        return graph(job)
+    monkeypatch.setattr(lower, "PHASES", [(n, graph_phase if n == "graph" else f) for n, f in lower.PHASES])
+    out = tmp_path / "o"
+    monkeypatch.setattr(sys, "argv", ["edge-slim", "compile", str(tiny_onnx(tmp_path)), "-t", "x86-64-multi", "-o",
+                                      str(out), "--input-shape", "x=1,3,16,16"])
+    assert run_cli(cli) == 6
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if ln.startswith("edge-slim: error:")]
+    log = tmp_path / "o.compile-error.log"
+    assert len(line) == 1 and f"pass exploded on {failing}" in line[0] and str(log) in line[0], err
+    assert "Traceback" in log.read_text() and not out.exists()
+    assert not list(tmp_path.glob(".o.*"))           # no staging folder (B.staging_dir) left behind
+
+
 def test_missing_cross_compiler_names_the_package(monkeypatch, tmp_path):
     from edge_slim.aot.lower.pipeline import compile_model
     monkeypatch.setenv("PATH", str(tmp_path))  # no compilers at all
