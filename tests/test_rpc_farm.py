@@ -84,3 +84,21 @@ def test_describe_over_rpc_refuses_instead_of_waiting_on_the_board():
     s.backend_name = "rpc"
     with pytest.raises(ModelError, match="RPC"):
         s.describe(np.zeros((96, 96, 3), np.uint8))
+
+
+def test_rpc_refuses_a_variant_set_unless_its_build_is_named(monkeypatch):
+    """A variant set picks its build by the CPU that opens it, which over --rpc is this host, not the board."""
+    from types import SimpleNamespace
+    from edge_slim.errors import BadInputError, ModelError
+    from edge_slim.runtime import bundle as B
+    from edge_slim.runtime.backends.rpc_backend import RpcBackend
+    m = {"format": "tvm", "target": {"name": "x86-64", "kind": "cpu"},
+         "variant_of": {"path": "/art/multi", "target": "x86-64-multi", "variants": ["x86-64-avx512", "x86-64"]}}
+    fake = SimpleNamespace(manifest=m, path="/art/multi/x86-64")
+    monkeypatch.delenv(B.VARIANT_ENV, raising=False)
+    with pytest.raises(ModelError, match="variant set .*x86-64-avx512, x86-64.*EDGE_SLIM_VARIANT"):
+        RpcBackend(fake, tracker="127.0.0.1:9190", key="k")
+    monkeypatch.setenv(B.VARIANT_ENV, "x86-64")       # named: on to the next check (no tracker given here)
+    monkeypatch.delenv("EDGE_SLIM_RPC", raising=False)
+    with pytest.raises(BadInputError, match="tracker"):
+        RpcBackend(fake)

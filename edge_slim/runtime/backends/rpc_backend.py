@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 from ...errors import BadInputError, ModelError
+from ..bundle import VARIANT_ENV
 
 ENV_TRACKER, ENV_KEY = "EDGE_SLIM_RPC", "EDGE_SLIM_RPC_KEY"
 SESSION_TIMEOUT_S = 1800
@@ -38,6 +39,12 @@ class RpcBackend:
                              "(make one with `edge-slim compile --target BOARD`)")
         if (m.get("target") or {}).get("kind", "cpu") != "cpu":
             raise ModelError(f"{bundle.path}: --rpc runs CPU artifacts only")
+        if m.get("variant_of") and not os.environ.get(VARIANT_ENV):
+            # the set picked its build by this host's CPU flags (runtime/bundle.py), which say nothing of the board's
+            vo = m["variant_of"]
+            raise ModelError(f"{vo['path']} is a variant set ({', '.join(vo['variants'])}) whose build is picked by "
+                             f"the CPU that loads it: here, not the board. Name the board's build with "
+                             f"{VARIANT_ENV}=TARGET, or compile for the board's target")
         tracker = tracker or os.environ.get(ENV_TRACKER)
         key = key or os.environ.get(ENV_KEY)
         if not tracker or not key:
