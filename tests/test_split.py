@@ -2,6 +2,9 @@
 
 Oracle: the whole graph on the same backend (`backend.run`), which is what every call ran before.
 """
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -188,10 +191,24 @@ def test_an_encoded_image_belongs_to_its_session():
 
 
 @pytest.mark.slow
-def test_compiled_artifact_has_parts_that_compute_what_model_so_does():
+@pytest.mark.parametrize("name", ["slimpajama-tiny", "slimpajama-tiny-int8"])
+def test_compiled_artifact_has_parts_that_compute_what_model_so_does(name):
+    """int8: texts.so is compiled from the per-text rewrite (quantize_per_text) and keeps the integer kernels."""
     pytest.importorskip("tvm", reason="the TVM compiler (apache-tvm) is not installed")
-    from compile_helpers import compiled
-    out = compiled("x86-64")
+    from compile_helpers import WORK, compiled
+    from edge_slim.aot.lower.pipeline import compile_model
+    if name.endswith("int8"):
+        out = WORK / "x86-64-shipped-int8"
+        compile_model(shipped_dir().parent / name, "x86-64", out=out)
+        nm = shutil.which("nm")
+        if nm is not None:   # the rewrite's matmuls (no zero point for A) run on as many integer kernels as text.so's
+
+            def kernels(lib):
+                syms = subprocess.run([nm, "-D", "--defined-only", str(out / lib)], capture_output=True, text=True)
+                return syms.stdout.count("int8_matmul_x86_avx2_madd")
+            assert kernels("texts.so") == kernels("text.so") >= 8
+    else:
+        out = compiled("x86-64")
     m = B.open_bundle(out).manifest
     assert set(m["split"]) == {"image", "text", "texts"} and {"image.so", "text.so", "texts.so"} <= set(m["files"])
     assert m["split"]["texts"]["batch"] == 8 and m["split"]["texts"]["inputs"][-1]["shape"] == [8, 16]
@@ -214,7 +231,7 @@ def test_compiled_artifact_has_parts_that_compute_what_model_so_does():
         for k in sp.text_outputs:
             np.testing.assert_allclose(many[k][i:i + 1], one[k], rtol=1e-5, atol=1e-6, err_msg=f"{k} text {i}")
     s = edge_slim.load(out, backend="tvm", threads=1)
-    o = edge_slim.load(backend="ort", threads=1)
+    o = edge_slim.load(name, backend="ort", threads=1)
     assert [a.answer for a in s.ask(IMAGES[1], QUESTIONS)] == [a.answer for a in o.ask(IMAGES[1], QUESTIONS)]
 
 

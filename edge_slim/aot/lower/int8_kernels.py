@@ -264,11 +264,11 @@ def dynamic_quantize_func(n: int, lanes: int, act_dtype: str):
 
 
 def int8_matmul_pass(kernel_name: str, stats: dict | None = None):
-    """A Relax module pass: every `matmul(astype(a: uint8) - astype(zp), astype(W: int8 constant) [- 0])` with
-    int32 output (TVM's import of MatMulInteger) becomes a call of the named kernel on the packed weight, and
-    so does every QDQ conv2d (see `conv`) through im2col. Matmuls and convs of any other form (fp32,
-    non-constant or asymmetric weights, K not a multiple of the kernel's group, a batch of more than one) are
-    left as they are. Run DeadCodeElimination after it: the widened weights it no longer reads must not be
+    """A Relax module pass: every `matmul(astype(a: uint8) [- astype(zp)], astype(W: int8 constant) [- 0])` with
+    int32 output (TVM's import of MatMulInteger, with or without A's zero point; a's leading axes are rows)
+    becomes a call of the named kernel on the packed weight, and so does every QDQ conv2d (see `conv`)
+    through im2col. Matmuls and convs of any other form (fp32, non-constant or asymmetric weights, K not a
+    multiple of the kernel's group, a conv over a batch of more than one) are left as they are. Run DeadCodeElimination after it: the widened weights it no longer reads must not be
     folded into int32 constants. `stats`, when given, receives the counts (matmuls, quantize, convs)."""
     import tvm
     from tvm import relax
@@ -351,6 +351,8 @@ def int8_matmul_pass(kernel_name: str, stats: dict | None = None):
         def activation(self, x):
             """(a: uint8 tensor, zp: uint8 scalar) when x = astype(a, int32) - astype(zp, int32)."""
             x = self.value(x)
+            if is_call(x, astype) and dtype_of(x.args[0]) == "uint8":    # MatMulInteger without A's zero point
+                return x.args[0], relax.const(np.uint8(0))
             if not is_call(x, subtract):
                 return None
             a, z = (self.value(v) for v in x.args)
@@ -399,7 +401,7 @@ def int8_matmul_pass(kernel_name: str, stats: dict | None = None):
                 return call
             a, zp = act
             shape = [int(d) for d in a.ty.shape.values]
-            if any(d != 1 for d in shape[:-2]) or shape[-1] != w.shape[0] or shape[-1] % kern.group:
+            if shape[-1] != w.shape[0] or shape[-1] % kern.group:     # [..., K] @ [K, N]: rows are rows
                 return call
             m = int(np.prod(shape[:-1]))
             ap = self.prepare(a, zp, m)

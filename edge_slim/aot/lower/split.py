@@ -10,6 +10,8 @@ inputs and outputs, which is all the tvm backend needs (runtime/backends/tvm_bac
 Many texts at once: where the text part may run several texts in one call (runtime/split.py, batch_consts,
 and the NumPy backend's texts_agree check on a probe image), a third library, texts.so, is the text part
 compiled for TEXTS_BATCH texts; `ask` with several questions and `match` call it once per TEXTS_BATCH texts.
+int8 text parts get texts.so from runtime.split.quantize_per_text's rewrite (one scale and zero point per
+text, as ONNX Runtime's int8 sessions run several texts), checked against text.so by tests/test_split.py.
 """
 from __future__ import annotations
 
@@ -52,13 +54,15 @@ def part_jobs(job) -> list | None:
     specs = {"image": ([inputs["image"]], [_spec(n, state[n]) for n in sp.cut + sp.image_outputs]),
              "text": ([_spec(c, state[c]) for c in sp.cut] + [inputs["tokens"]],
                       [o for o in m["outputs"] if o["name"] in sp.text_outputs])}
-    over = batch_consts(model.graph, sp) if probe.texts_at_once else None
+    rewrite = None if probe.texts_at_once else _per_text_rewrite(probe, model.graph, sp, state, inputs["tokens"])
+    over = batch_consts(model.graph, sp, rewrite=rewrite) if probe.texts_at_once or rewrite else None
     if over is not None:
         tok = inputs["tokens"]
         many = {**tok, "shape": [TEXTS_BATCH, *tok["shape"][1:]]}
-        graphs["texts"] = write_subgraph(model, list(sp.text_nodes),
+        graphs["texts"] = write_subgraph(model, list(rewrite.nodes if rewrite else sp.text_nodes),
                                          cut + [tensor_value_info("tokens", dtype_code(np.dtype(tok["dtype"])), many["shape"])],
-                                         [tensor_value_info(o) for o in sp.text_outputs], "texts", replace=over)
+                                         [tensor_value_info(o) for o in sp.text_outputs], "texts",
+                                         replace={**(rewrite.initializers if rewrite else {}), **over})
         specs["texts"] = ([_spec(c, state[c]) for c in sp.cut] + [many],
                           [{**o, "shape": [TEXTS_BATCH, *o["shape"][1:]]} for o in specs["text"][1]])
     jobs = []
@@ -72,6 +76,20 @@ def part_jobs(job) -> list | None:
                         tuning_dir=job.tuning_dir,
                         debug_dump=job.debug_dump / part if job.debug_dump is not None else None))
     return jobs
+
+
+def _per_text_rewrite(probe, g, sp, state: dict, tokens: dict):
+    """runtime.split.quantize_per_text of an int8 text part (DynamicQuantizeLinear per text), its ranks from
+    one NumPy run of the text part on the probe image; None where there is nothing to rewrite or it does not
+    apply. texts.so is then compiled from the rewrite, whose matmuls keep the integer kernels (no zero point
+    for A: int8_kernels takes 0)."""
+    from ...runtime.split import dynamic_quantize_inputs, quantize_per_text
+    xs = list(dict.fromkeys(dynamic_quantize_inputs(g, sp)))
+    if not xs:
+        return None
+    values = probe._text_values(probe._consts, state, {"tokens": np.zeros(tokens["shape"], np.dtype(tokens["dtype"]))},
+                                xs)
+    return quantize_per_text(g, sp, {x: np.ndim(values[x]) for x in xs})
 
 
 def manifest_entry(jobs: list) -> dict:
